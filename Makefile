@@ -1,0 +1,42 @@
+# The single source of set-up: every target installs what it needs into .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Tests and the quickstart keep Ray/MLflow quiet and local.
+export RAY_USAGE_STATS_ENABLED ?= 0
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install test lint format run bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	# torch and its CUDA wheels come from the local wheel cache (pip, not uv: see DESIGN.md).
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.cpu
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# The main job: a real S2AP study on the embedded digits data (Ray Tune + Optuna + ASHA + MLflow).
+run: install
+	$(VENV)/bin/s2ap tune configs/quickstart.yaml
+
+bench: install
+	$(PY) benchmarks/prune_step.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

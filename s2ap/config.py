@@ -1,0 +1,266 @@
+"""Typed configuration of one adversarial-pruning run, validated once at the edge.
+
+A run file (YAML) maps onto :class:`RunConfig`. Unknown fields, values out of range and unknown
+registry names (architecture, dataset, objective) fail here, before any work starts, with the
+field's dotted path in the message (:func:`format_validation_error`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "AWPConfig",
+    "AugmentConfig",
+    "ConfigError",
+    "DataConfig",
+    "EvaluateConfig",
+    "FinetuneConfig",
+    "ModelConfig",
+    "PretrainConfig",
+    "PruneConfig",
+    "RunConfig",
+    "ThreatConfig",
+    "ValidationConfig",
+    "config_hash",
+    "format_validation_error",
+    "load_run_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the field's dotted path and the fix in the message."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class ThreatConfig(_Strict):
+    """L-inf PGD threat model used for training and validation attacks."""
+
+    eps: float = Field(8 / 255, ge=0.0, le=1.0, description="L-inf radius in [0,1] pixel units")
+    step_size: float = Field(2 / 255, gt=0.0, le=1.0)
+    steps: PositiveInt = 10
+
+
+class AugmentConfig(_Strict):
+    crop_padding: NonNegInt = 0
+    flip: bool = False
+
+
+class DataConfig(_Strict):
+    source: str = "digits"
+    root: str | None = None
+    download: bool = False
+    val_size: float = Field(0.2, gt=0.0, description="fraction in (0,1) or a count >= 1")
+    split_seed: NonNegInt = 0
+    batch_size: PositiveInt = 128
+    eval_batch_size: PositiveInt = 512
+    augment: Literal["default", "none"] | AugmentConfig = "default"
+    in_memory: bool = True
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        from s2ap.data import list_sources
+
+        if v not in list_sources():
+            raise ValueError(f"unknown dataset {v!r}; choose one of {list_sources()}")
+        return v
+
+    @field_validator("val_size")
+    @classmethod
+    def _val_size(cls, v: float) -> float:
+        if v >= 1 and v != int(v):
+            raise ValueError("a count must be a whole number; a fraction must be in (0, 1)")
+        return v
+
+
+class ModelConfig(_Strict):
+    arch: str = "small_cnn"
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from s2ap.models import list_models
+
+        if v not in list_models():
+            raise ValueError(f"unknown architecture {v!r}; choose one of {list_models()}")
+        return v
+
+
+class _TrainConfig(_Strict):
+    """What every training stage shares: optimiser, schedule, robust objective."""
+
+    epochs: NonNegInt = 10
+    lr: float = Field(0.1, gt=0.0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    objective: Literal["pgd", "trades"] = "pgd"
+    trades_beta: float = Field(6.0, gt=0.0)
+
+
+class PretrainConfig(_TrainConfig):
+    """Dense PGD adversarial training (stage i)."""
+
+
+class PruneConfig(_TrainConfig):
+    """The mask search (stage ii): HYDRA host with the S2AP score-space min-max."""
+
+    lr: float = Field(0.1, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    epochs: NonNegInt = 20
+    sparsity: Fraction = 0.9
+    scope: Literal["layer", "global"] = "layer"
+    score_init: Literal["scaled", "magnitude", "random"] = "scaled"
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    bn_trainable: bool = True
+    perturbation: Literal["score", "random", "none"] = "score"
+    rho: float = Field(0.1, ge=0.0, description="radius (relative: gamma; absolute: global rho)")
+    radius: Literal["relative", "absolute"] = "relative"
+    ascent_steps: PositiveInt = 1
+    warmup_epochs: NonNegInt = 5
+
+
+class AWPConfig(_Strict):
+    """Adversarial weight perturbation (Wu et al., 2020) for the finetune stage."""
+
+    enabled: bool = False
+    gamma: float = Field(5e-3, ge=0.0, description="relative radius per layer")
+    warmup_epochs: NonNegInt = 0
+
+
+class FinetuneConfig(_TrainConfig):
+    """Adversarial training of the surviving weights with the mask fixed (stage iii)."""
+
+    lr: float = Field(0.01, gt=0.0)
+    awp: AWPConfig = Field(default_factory=AWPConfig)
+
+
+class ValidationConfig(_Strict):
+    """Per-epoch validation (model selection never sees the test set)."""
+
+    pgd_steps: PositiveInt = 10
+    max_examples: PositiveInt | None = None
+    sharpness_examples: PositiveInt = 256
+    # One radius for every arm, so sharpness is comparable across rho values and methods.
+    sharpness_rho: float = Field(0.1, gt=0.0)
+
+
+class EvaluateConfig(_Strict):
+    """Final test-set evaluation."""
+
+    n_examples: PositiveInt = 1000
+    pgd_steps: PositiveInt = 20
+    autoattack: bool = True
+    autoattack_examples: PositiveInt | None = None
+
+
+class DenseConfig(_Strict):
+    """The dense starting point: a state dict to load, or (if absent) the pretrain stage."""
+
+    checkpoint: str | None = None
+
+
+class RunConfig(_Strict):
+    """One adversarial-pruning run: pretrain (or load) -> prune -> finetune -> evaluate."""
+
+    name: str = "run"
+    seed: NonNegInt = 0
+    device: str = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    threat: ThreatConfig = Field(default_factory=ThreatConfig)
+    dense: DenseConfig = Field(default_factory=DenseConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda", "mps") or v.startswith("cuda:"):
+            return v
+        raise ValueError("use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> RunConfig:
+        p = self.prune
+        if p.perturbation != "none" and p.epochs and p.warmup_epochs >= p.epochs:
+            raise ValueError(
+                f"prune.warmup_epochs ({p.warmup_epochs}) must be smaller than prune.epochs "
+                f"({p.epochs}), otherwise the perturbation never starts"
+            )
+        return self
+
+    def stage_hash(self, *fields: str) -> str:
+        """Hash of the named top-level sections, e.g. the pretrain cache key."""
+        return config_hash({f: getattr(self, f).model_dump(mode="json") for f in fields})
+
+
+def config_hash(obj: Any) -> str:
+    """Short stable hash of JSON-able data (sorted keys)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def format_validation_error(err: ValidationError, source: str = "config") -> str:
+    """One line per problem: ``<source>: <dotted.field>: <message> (got <value>)``."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see configs/ for the valid fields)"
+        got = e.get("input")
+        got_text = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        lines.append(f"{source}: {loc or '<root>'}: {msg}{got_text}")
+    return "\n".join(lines)
+
+
+def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a run file; raises :class:`ConfigError` with every problem listed."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: no such file") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for key, value in (overrides or {}).items():
+        set_dotted(raw, key, value)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from None
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """``set_dotted(d, "prune.rho", 0.1)`` sets ``d["prune"]["rho"]``, creating sections."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: {part!r} is not a section")
+    node[leaf] = value

@@ -1,0 +1,455 @@
+"""Score-based masks: HYDRA-style top-k over learned importance scores.
+
+Every prunable ``Conv2d``/``Linear`` layer gets a ``scores`` parameter shaped like its weight.
+The mask keeps the ``k`` weights with the largest ``|scores|`` (per layer, the same fraction in
+every layer as in HYDRA, or over all layers at once) and the forward pass uses ``weight * mask``.
+The backward pass is a straight-through estimator: ``dm/d|s| := 1``, so
+``dL/ds = dL/d(w*m) * w * sign(s)``.
+
+Masks are cached: PGD runs ~11 forward/backward passes per batch with unchanged scores, so the
+top-k selection happens once per change of the scores, not once per forward pass. Changes are
+detected through the tensor version counter, which every in-place write bumps (optimizer steps,
+``copy_`` in ``load_state_dict``, the S2AP perturbation and its restore). Code that rewrites scores
+through ``.data`` bypasses the counter and must call :meth:`ScoreMasking.invalidate`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fnmatch
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "MaskedConv2d",
+    "MaskedLayer",
+    "MaskedLinear",
+    "Scope",
+    "ScoreInit",
+    "ScoreMasking",
+    "Stage",
+    "apply_masks_to_state_dict",
+    "effective_weights",
+    "get_masking",
+    "kept_count",
+]
+
+Scope = Literal["layer", "global"]
+ScoreInit = Literal["scaled", "magnitude", "random"]
+Stage = Literal["prune", "finetune", "dense"]
+
+
+class _MaskedWeight(torch.autograd.Function):
+    """``weight * mask`` with the straight-through gradient to the scores."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, scores: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(weight, scores, mask)
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        weight, scores, mask = ctx.saved_tensors
+        grad_weight = grad * mask if ctx.needs_input_grad[0] else None
+        grad_scores = grad * weight * torch.sign(scores) if ctx.needs_input_grad[1] else None
+        return grad_weight, grad_scores, None
+
+
+def kept_count(numel: int, sparsity: float) -> int:
+    """Number of weights a scope keeps: exactly ``round((1 - sparsity) * numel)``, at least 1."""
+    return max(1, min(numel, round((1.0 - sparsity) * numel)))
+
+
+def _top_k_mask(magnitudes: Tensor, k: int) -> Tensor:
+    """Boolean mask of the ``k`` largest entries; ties go to the lower flat index (stable sort)."""
+    flat = magnitudes.reshape(-1)
+    order = torch.argsort(flat, descending=True, stable=True)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    mask[order[:k]] = True
+    return mask.view_as(magnitudes)
+
+
+class MaskedLayer(nn.Module):
+    """Mixin for a layer whose weight is multiplied by a top-k mask of its ``scores``.
+
+    Holds the dense ``weight`` unchanged; ``mask`` is a persistent bool buffer so checkpoints
+    and exported masks agree. ``_masking`` points at the :class:`ScoreMasking` that owns the
+    layer (not a submodule: it is shared by every masked layer of a model).
+    """
+
+    weight: Tensor
+    scores: nn.Parameter
+    mask: Tensor
+
+    def _init_masked(self) -> None:
+        self.scores = nn.Parameter(torch.empty_like(self.weight), requires_grad=False)
+        self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
+        self.mask_frozen = False
+        self._masking: ScoreMasking | None = None
+        self._mask_key: tuple | None = None
+        self._mask_float: Tensor | None = None
+        self._effective: Tensor | None = None
+        self._effective_key: tuple | None = None
+
+    # --- cache keys ---------------------------------------------------------------------------
+    def _scores_key(self) -> tuple:
+        s = self.scores
+        return (s.data_ptr(), s._version, s.device, s.dtype)
+
+    def _weight_key(self) -> tuple:
+        w = self.weight
+        return (w.data_ptr(), w._version, w.device, w.dtype)
+
+    def _stale(self) -> bool:
+        if self.mask_frozen:
+            return self._mask_float is None or self._mask_float.device != self.weight.device
+        return self._mask_key != self._scores_key()
+
+    def masked_weight(self) -> Tensor:
+        """The weight the forward pass uses (with the straight-through path when scores train)."""
+        if self._stale():
+            if self._masking is None:
+                raise RuntimeError("masked layer is not attached to a ScoreMasking")
+            self._masking.refresh()
+        mask = self._mask_float
+        assert mask is not None
+        use_cache = _EFFECTIVE_ONLY.active or not torch.is_grad_enabled()
+        if use_cache or not (self.scores.requires_grad or self.weight.requires_grad):
+            return self._cached_effective_weight()
+        if self.scores.requires_grad:
+            return _MaskedWeight.apply(self.weight, self.scores, mask)
+        return self.weight * mask
+
+    def _cached_effective_weight(self) -> Tensor:
+        key = (self._weight_key(), self._mask_key, id(self._mask_float))
+        if self._effective is None or self._effective_key != key:
+            with torch.no_grad():
+                self._effective = self.weight * self._mask_float
+            self._effective_key = key
+        return self._effective
+
+    def _set_mask(self, mask: Tensor) -> None:
+        with torch.no_grad():
+            if self.mask.shape == mask.shape and self.mask.device == mask.device:
+                self.mask.copy_(mask)
+            else:
+                self.mask = mask.clone()
+        self._mask_float = self.mask.to(self.weight.dtype)
+        self._mask_key = self._scores_key()
+        self._effective = None
+
+    def get_extra_state(self) -> dict:
+        return {"mask_frozen": bool(self.mask_frozen)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.mask_frozen = bool(state.get("mask_frozen", False))
+        self._mask_float = None
+        self._mask_key = None
+
+
+class _EffectiveOnly(contextlib.ContextDecorator):
+    """Re-entrant flag: attack passes need no gradient to the scores."""
+
+    depth = 0
+
+    @property
+    def active(self) -> bool:
+        return _EffectiveOnly.depth > 0
+
+    def __enter__(self) -> _EffectiveOnly:
+        _EffectiveOnly.depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _EffectiveOnly.depth -= 1
+
+
+_EFFECTIVE_ONLY = _EffectiveOnly()
+
+
+def effective_weights() -> contextlib.AbstractContextManager:
+    """Run masked layers on cached ``weight * mask`` tensors, like a dense model.
+
+    Use it around attack generation: PGD needs gradients with respect to the input only, so
+    the straight-through path to the scores (and its backward) is wasted work there.
+    """
+    return _EffectiveOnly()
+
+
+class MaskedConv2d(nn.Conv2d, MaskedLayer):
+    """``nn.Conv2d`` whose weight is masked by the top-k of its scores."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self._conv_forward(input, self.masked_weight(), self.bias)
+
+
+class MaskedLinear(nn.Linear, MaskedLayer):
+    """``nn.Linear`` whose weight is masked by the top-k of its scores."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.linear(input, self.masked_weight(), self.bias)
+
+
+_MASKED_TYPES: dict[type[nn.Module], type[MaskedLayer]] = {
+    nn.Conv2d: MaskedConv2d,
+    nn.Linear: MaskedLinear,
+}
+
+
+def _to_masked(layer: nn.Module) -> MaskedLayer:
+    """Swap the class of ``layer`` in place: same parameters, same hooks, plus scores."""
+    layer.__class__ = _MASKED_TYPES[type(layer)]
+    layer._init_masked()  # type: ignore[attr-defined]
+    return layer  # type: ignore[return-value]
+
+
+def _fan_in(weight: Tensor) -> int:
+    return weight[0].numel()
+
+
+# Score initialisations: name -> fn(weight, generator) -> scores. HYDRA's "scaled" init makes
+# the first mask exactly the magnitude-pruning mask at the scale of Kaiming-uniform scores.
+_SCORE_INITS: dict[str, Callable[[Tensor, torch.Generator], Tensor]] = {
+    "scaled": lambda w, g: math.sqrt(6.0 / _fan_in(w)) * w / w.abs().max().clamp_min(1e-12),
+    "magnitude": lambda w, g: w.abs().clone(),
+    "random": lambda w, g: (
+        (torch.rand(w.shape, generator=g, dtype=w.dtype) * 2 - 1).to(w.device)
+        * math.sqrt(6.0 / _fan_in(w))
+    ),
+}
+
+
+class ScoreMasking:
+    """Owns the masked layers of one model: sparsity, scope, the mask cache and stage switches.
+
+    Args:
+        model: converted in place; every selected ``Conv2d``/``Linear`` becomes masked.
+        sparsity: fraction of weights removed in each scope, in (0, 1).
+        scope: ``"layer"`` keeps the same fraction in every layer (HYDRA); ``"global"`` ranks
+            all scores together.
+        score_init: ``"scaled"`` (HYDRA), ``"magnitude"`` or ``"random"``.
+        include / exclude: glob patterns over module names (``"layer4.*"``); default all
+            conv and linear layers.
+        seed: for the random score initialisation.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        sparsity: float,
+        scope: Scope = "layer",
+        score_init: ScoreInit = "scaled",
+        include: Iterable[str] | None = None,
+        exclude: Iterable[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 < sparsity < 1.0:
+            raise ValueError(f"sparsity must be in (0, 1), got {sparsity}")
+        if scope not in ("layer", "global"):
+            raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+        if score_init not in _SCORE_INITS:
+            raise ValueError(
+                f"score_init must be one of {sorted(_SCORE_INITS)}, got {score_init!r}"
+            )
+        self.sparsity = float(sparsity)
+        self.scope: Scope = scope
+        include = list(include or ["*"])
+        exclude = list(exclude or [])
+        self.layers: dict[str, MaskedLayer] = {}
+        for name, module in model.named_modules():
+            if isinstance(module, MaskedLayer):
+                raise ValueError(f"layer {name!r} is already masked; attach ScoreMasking once")
+            if type(module) not in _MASKED_TYPES:
+                continue
+            if not any(fnmatch.fnmatchcase(name, p) for p in include):
+                continue
+            if any(fnmatch.fnmatchcase(name, p) for p in exclude):
+                continue
+            self.layers[name] = _to_masked(module)
+        if not self.layers:
+            raise ValueError("no prunable Conv2d/Linear layer matched include/exclude patterns")
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for layer in self.layers.values():
+                layer.scores.copy_(_SCORE_INITS[score_init](layer.weight.detach(), generator))
+                object.__setattr__(layer, "_masking", self)
+        self.model = model
+        model._s2ap_masking = self  # type: ignore[attr-defined]
+        self.refresh()
+
+    # --- masks --------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Recompute the masks whose scores changed (all of them in global scope)."""
+        layers = self.layers
+        stale = [n for n, layer in layers.items() if layer._stale()]
+        if not stale:
+            return
+        live = {n: layer for n, layer in layers.items() if not layer.mask_frozen}
+        frozen = [layers[n] for n in stale if layers[n].mask_frozen]
+        for layer in frozen:  # a frozen mask only needs its float copy on the right device
+            layer._set_mask(layer.mask.to(layer.weight.device))
+        if not live or not any(n in live for n in stale):
+            return
+        with torch.no_grad():
+            if self.scope == "global":
+                mags = [layer.scores.detach().abs().reshape(-1) for layer in live.values()]
+                flat = torch.cat([m.to(mags[0].device) for m in mags])
+                keep = _top_k_mask(flat, kept_count(flat.numel(), self.sparsity))
+                for layer, part in zip(live.values(), keep.split([m.numel() for m in mags])):
+                    layer._set_mask(part.view_as(layer.weight).to(layer.weight.device))
+            else:
+                for name in stale:
+                    if name in live:
+                        layer = live[name]
+                        k = kept_count(layer.scores.numel(), self.sparsity)
+                        layer._set_mask(_top_k_mask(layer.scores.detach().abs(), k))
+
+    def invalidate(self) -> None:
+        """Force a recomputation at the next forward (after writes through ``.data``)."""
+        for layer in self.layers.values():
+            layer._mask_key = None
+            if layer.mask_frozen:
+                layer._mask_float = None
+
+    def masks(self) -> dict[str, Tensor]:
+        """The current masks as ``{layer name: bool tensor}`` (detached copies, on the CPU)."""
+        self.refresh()
+        return {name: layer.mask.detach().cpu().clone() for name, layer in self.layers.items()}
+
+    def load_masks(self, masks: dict[str, Tensor]) -> None:
+        """Use the given masks and freeze them (the scores no longer select anything)."""
+        missing = sorted(set(self.layers) - set(masks))
+        extra = sorted(set(masks) - set(self.layers))
+        if missing or extra:
+            raise ValueError(
+                f"mask layers do not match the model: missing {missing}, extra {extra}"
+            )
+        for name, layer in self.layers.items():
+            m = masks[name]
+            if tuple(m.shape) != tuple(layer.weight.shape):
+                raise ValueError(
+                    f"mask for {name!r} has shape {tuple(m.shape)}, weight is "
+                    f"{tuple(layer.weight.shape)}"
+                )
+            layer.mask_frozen = True
+            layer._set_mask(m.to(device=layer.weight.device, dtype=torch.bool))
+
+    def scores(self) -> list[nn.Parameter]:
+        """Score parameters in layer order (what the S2AP perturbation acts on)."""
+        return [layer.scores for layer in self.layers.values()]
+
+    def score_dict(self) -> dict[str, nn.Parameter]:
+        return {name: layer.scores for name, layer in self.layers.items()}
+
+    # --- sparsity -----------------------------------------------------------------------------
+    def sparsity_report(self) -> tuple[float, dict[str, float]]:
+        """Measured (global, per-layer) sparsity of the current masks."""
+        self.refresh()
+        per_layer: dict[str, float] = {}
+        kept = total = 0
+        for name, layer in self.layers.items():
+            n = layer.mask.numel()
+            k = int(layer.mask.sum())
+            per_layer[name] = 1.0 - k / n
+            kept += k
+            total += n
+        return 1.0 - kept / total, per_layer
+
+    # --- stages -------------------------------------------------------------------------------
+    def set_stage(self, stage: Stage, *, bn_trainable: bool = True) -> None:
+        """Switch which parameters train.
+
+        - ``prune``: scores train, weights and biases frozen; BatchNorm affine trains when
+          ``bn_trainable`` (HYDRA's default).
+        - ``finetune``: the current mask is frozen, scores frozen, every weight trains (pruned
+          weights get zero gradient through the mask).
+        - ``dense``: scores frozen, mask unfrozen, everything else trains (plain training of the
+          masked model is rarely wanted; provided for completeness).
+        """
+        if stage not in ("prune", "finetune", "dense"):
+            raise ValueError(f"stage must be 'prune', 'finetune' or 'dense', got {stage!r}")
+        for module in self.model.modules():
+            is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
+            for pname, p in module.named_parameters(recurse=False):
+                if pname == "scores":
+                    p.requires_grad_(stage == "prune")
+                elif stage == "prune":
+                    p.requires_grad_(is_bn and bn_trainable)
+                else:
+                    p.requires_grad_(True)
+        if stage == "finetune":
+            self.refresh()
+            for layer in self.layers.values():
+                layer.mask_frozen = True
+        elif stage == "prune":
+            for layer in self.layers.values():
+                layer.mask_frozen = False
+            self.invalidate()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    # --- export -------------------------------------------------------------------------------
+    def to_dense(self) -> nn.Module:
+        """A copy of the model with plain ``Conv2d``/``Linear`` layers and pruned weights zeroed.
+
+        The result loads and runs without s2ap: its state dict has the keys of the unmasked
+        architecture.
+        """
+        self.refresh()
+        dense = copy.deepcopy(self.model)
+        for module in dense.modules():
+            if isinstance(module, MaskedLayer):
+                with torch.no_grad():
+                    module.weight.mul_(module.mask.to(module.weight.dtype))
+                for attr in ("scores", "mask"):
+                    delattr(module, attr)
+                for attr in ("mask_frozen", "_mask_key", "_mask_float", "_effective"):
+                    module.__dict__.pop(attr, None)
+                module.__dict__.pop("_effective_key", None)
+                module.__dict__.pop("_masking", None)
+                module.__class__ = next(k for k, v in _MASKED_TYPES.items() if v is type(module))
+        dense.__dict__.pop("_s2ap_masking", None)
+        for p in dense.parameters():
+            p.requires_grad_(True)
+        return dense
+
+
+def get_masking(model: nn.Module) -> ScoreMasking | None:
+    """The :class:`ScoreMasking` attached to ``model``, if any."""
+    return getattr(model, "_s2ap_masking", None)
+
+
+def iter_masked_layers(model: nn.Module) -> Iterator[tuple[str, MaskedLayer]]:
+    for name, module in model.named_modules():
+        if isinstance(module, MaskedLayer):
+            yield name, module
+
+
+def apply_masks_to_state_dict(
+    state_dict: dict[str, Tensor], masks: dict[str, Tensor]
+) -> dict[str, Tensor]:
+    """Zero the pruned entries of ``<layer>.weight`` in a dense state dict (returns a copy).
+
+    Raises a ``ValueError`` naming the layer when a mask has no matching weight or its shape
+    differs, so a mask from another architecture is never applied silently.
+    """
+    out = dict(state_dict)
+    for name, mask in masks.items():
+        key = f"{name}.weight"
+        if key not in out:
+            raise ValueError(f"mask layer {name!r} has no weight {key!r} in the checkpoint")
+        weight = out[key]
+        if tuple(weight.shape) != tuple(mask.shape):
+            raise ValueError(
+                f"mask {name!r} has shape {tuple(mask.shape)} but {key!r} is {tuple(weight.shape)}"
+            )
+        out[key] = weight * mask.to(device=weight.device, dtype=weight.dtype)
+    return out

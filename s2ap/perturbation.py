@@ -1,0 +1,264 @@
+"""The S2AP score-space min-max: perturb the scores within a ball, descend from there.
+
+``min_s max_{||z_l|| <= r_l} L(w * M(s + z))`` with ``r_l = rho * ||s_l||`` (relative radius, per
+layer, the default) or one global ball ``||z|| <= rho`` (absolute radius, SAM-style).
+
+One update (:meth:`S2AP.step`): gradient at ``s`` -> perturbation ``z`` -> gradient at ``s + z``
+on the same adversarial batch -> restore ``s`` -> step the wrapped optimizer with that gradient.
+The ascent never touches the optimizer's state (momentum, Adam moments): only the final step does.
+
+Perturbation kinds are a registry: ``score`` (S2AP), ``random`` (a random direction of the same
+norm: the control arm), ``none`` (plain host update, HYDRA).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "PERTURBATIONS",
+    "S2AP",
+    "RadiusMode",
+    "ascent_perturbation",
+    "perturbation_radii",
+    "random_perturbation",
+    "scores_perturbed",
+]
+
+RadiusMode = Literal["relative", "absolute"]
+Closure = Callable[[], Tensor]
+
+_EPS = 1e-12
+
+
+def perturbation_radii(scores: Sequence[Tensor], rho: float, radius: RadiusMode) -> list[float]:
+    """Per-tensor radii ``rho * ||s_l||`` (relative), or ``[rho]`` for the one global ball."""
+    if radius == "relative":
+        return [rho * float(s.detach().norm()) for s in scores]
+    if radius == "absolute":
+        return [float(rho)]
+    raise ValueError(f"radius must be 'relative' or 'absolute', got {radius!r}")
+
+
+def _groups(tensors: Sequence[Tensor], radius: RadiusMode) -> list[list[int]]:
+    """Which tensors share a ball: one each (relative) or all together (absolute)."""
+    return (
+        [[i] for i in range(len(tensors))] if radius == "relative" else [list(range(len(tensors)))]
+    )
+
+
+def _norm(tensors: Sequence[Tensor]) -> Tensor:
+    """Joint L2 norm, accumulated in at least float32 (never in half precision)."""
+    dtype = torch.promote_types(tensors[0].dtype, torch.float32)
+    return torch.sqrt(sum((t.detach().to(dtype) ** 2).sum() for t in tensors))
+
+
+def _scaled_directions(
+    directions: Sequence[Tensor], radii: Sequence[float], radius: RadiusMode
+) -> list[Tensor]:
+    """Scale each ball's directions to its radius (a zero direction stays zero)."""
+    out: list[Tensor] = [torch.empty(0)] * len(directions)
+    for group, r in zip(_groups(directions, radius), radii):
+        norm = _norm([directions[i] for i in group])
+        for i in group:
+            out[i] = directions[i] * (r / (norm + _EPS))
+    return out
+
+
+def _project(z: Sequence[Tensor], radii: Sequence[float], radius: RadiusMode) -> list[Tensor]:
+    """Project ``z`` back onto its ball(s)."""
+    out = list(z)
+    for group, r in zip(_groups(z, radius), radii):
+        norm = float(_norm([z[i] for i in group]))
+        if norm > r:
+            for i in group:
+                out[i] = z[i] * (r / norm)
+    return out
+
+
+def _grads(scores: Sequence[Tensor]) -> list[Tensor]:
+    return [s.grad.detach().clone() if s.grad is not None else torch.zeros_like(s) for s in scores]
+
+
+class scores_perturbed:
+    """Temporarily add ``z`` to the scores in place; restore them exactly on exit.
+
+    The restore copies the saved tensors back (not ``s - z``) so ``rho = 0`` and floating-point
+    round-off can never drift the scores.
+    """
+
+    def __init__(self, scores: Sequence[Tensor], z: Sequence[Tensor]) -> None:
+        self.scores, self.z = scores, z
+
+    def __enter__(self) -> None:
+        self.saved = [s.detach().clone() for s in self.scores]
+        with torch.no_grad():
+            for s, z in zip(self.scores, self.z):
+                s.add_(z)
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            for s, saved in zip(self.scores, self.saved):
+                s.copy_(saved)
+
+
+def ascent_perturbation(
+    scores: Sequence[Tensor],
+    closure: Closure,
+    *,
+    rho: float,
+    radius: RadiusMode = "relative",
+    ascent_steps: int = 1,
+) -> list[Tensor]:
+    """The S2AP inner maximisation: ``z`` on the ball(s) after ``ascent_steps`` normalised steps.
+
+    Expects the gradient at ``s`` in ``scores[i].grad`` (the host update's backward pass already
+    computed it, so step one costs nothing). Each later step re-evaluates ``closure`` at
+    ``s + z``, takes a normalised gradient step of the radius' length and projects back onto
+    the ball. The scores are unchanged on return; their ``.grad`` holds the last gradient seen.
+    """
+    if ascent_steps < 1:
+        raise ValueError(f"ascent_steps must be >= 1, got {ascent_steps}")
+    radii = perturbation_radii(scores, rho, radius)
+    z = _scaled_directions(_grads(scores), radii, radius)
+    for _ in range(ascent_steps - 1):
+        with scores_perturbed(scores, z):
+            closure()
+        step = _scaled_directions(_grads(scores), radii, radius)
+        z = _project([zi + si for zi, si in zip(z, step)], radii, radius)
+    return z
+
+
+def random_perturbation(
+    scores: Sequence[Tensor],
+    *,
+    rho: float,
+    radius: RadiusMode = "relative",
+    generator: torch.Generator | None = None,
+) -> list[Tensor]:
+    """A Gaussian direction scaled to the same radius as the S2AP perturbation (control arm)."""
+    radii = perturbation_radii(scores, rho, radius)
+    directions = [
+        torch.randn(s.shape, generator=generator, dtype=s.dtype).to(s.device) for s in scores
+    ]
+    return _scaled_directions(directions, radii, radius)
+
+
+def _score_kind(opt: S2AP, closure: Closure) -> list[Tensor]:
+    return ascent_perturbation(
+        opt.scores, closure, rho=opt.rho, radius=opt.radius, ascent_steps=opt.ascent_steps
+    )
+
+
+def _random_kind(opt: S2AP, closure: Closure) -> list[Tensor]:
+    return random_perturbation(opt.scores, rho=opt.rho, radius=opt.radius, generator=opt.generator)
+
+
+# kind -> fn(S2AP, closure) -> z; "none" is the host update itself.
+PERTURBATIONS: dict[str, Callable[[S2AP, Closure], list[Tensor]] | None] = {
+    "none": None,
+    "score": _score_kind,
+    "random": _random_kind,
+}
+
+
+class S2AP:
+    """Wraps any torch optimizer with the S2AP update of the score parameters.
+
+    Args:
+        optimizer: the host optimizer over the trainable parameters (scores, and BatchNorm
+            affine parameters when they train). Its state is only touched by its own ``step``.
+        scores: the tensors to perturb: the scores (``ScoreMasking.scores()``) for S2AP. The
+            same update over the weights, with a relative radius, is AWP (finetune stage).
+        rho: the radius: relative (``||z_l|| <= rho * ||s_l||``) or absolute (``||z|| <= rho``).
+        radius: ``"relative"`` (default) or ``"absolute"``.
+        ascent_steps: number of normalised ascent steps (>= 1).
+        perturbation: ``"score"`` (S2AP), ``"random"`` (same norm, random direction) or
+            ``"none"`` (the host update, HYDRA).
+        warmup_epochs: epochs of plain host updates before the perturbation starts; set the
+            epoch with :meth:`set_epoch`.
+        seed: for the random perturbation.
+
+    Usage::
+
+        def closure():
+            optimizer.zero_grad(set_to_none=True)
+            loss = objective.loss(model, x, x_adv, y)
+            loss.backward()
+            return loss
+
+        loss = s2ap.step(closure)   # closure runs 1 + ascent_steps times when perturbing
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        scores: Sequence[Tensor],
+        *,
+        rho: float,
+        radius: RadiusMode = "relative",
+        ascent_steps: int = 1,
+        perturbation: str = "score",
+        warmup_epochs: int = 0,
+        seed: int = 0,
+    ) -> None:
+        if perturbation not in PERTURBATIONS:
+            raise ValueError(
+                f"perturbation must be one of {sorted(PERTURBATIONS)}, got {perturbation!r}"
+            )
+        if rho < 0:
+            raise ValueError(f"rho must be >= 0, got {rho}")
+        if ascent_steps < 1:
+            raise ValueError(f"ascent_steps must be >= 1, got {ascent_steps}")
+        perturbation_radii([], rho, radius)  # validates the mode
+        self.optimizer = optimizer
+        self.scores = list(scores)
+        self.rho = float(rho)
+        self.radius: RadiusMode = radius
+        self.ascent_steps = int(ascent_steps)
+        self.perturbation = perturbation
+        self.warmup_epochs = int(warmup_epochs)
+        self.epoch = 0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @property
+    def perturbing(self) -> bool:
+        """Whether this epoch perturbs (past warm-up, with a kind other than none)."""
+        return PERTURBATIONS[self.perturbation] is not None and self.epoch >= self.warmup_epochs
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: Closure) -> Tensor:
+        """One min-max update. Returns the loss at the unperturbed scores."""
+        loss = closure()
+        perturb = PERTURBATIONS[self.perturbation]
+        if perturb is not None and self.perturbing:
+            z = perturb(self, closure)
+            with scores_perturbed(self.scores, z):
+                closure()  # the descent gradient, taken at s + z
+        self.optimizer.step()
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,349 @@
+"""The three training stages, one epoch at a time: pretrain, prune, finetune; and evaluate.
+
+Each stage is built from (model, data, typed config), runs one epoch per :meth:`run_epoch` call,
+returns that epoch's metrics as a flat dict, and saves/restores everything needed to resume
+exactly (optimizer, schedule, data order, RNG, previous mask). The same objects drive
+``s2ap run`` and the Ray Tune trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from s2ap.adversarial import AttackSettings, make_objective
+from s2ap.config import AugmentConfig, DataConfig, RunConfig, ThreatConfig, _TrainConfig
+from s2ap.data import Augment, DatasetSplits
+from s2ap.masking import ScoreMasking
+from s2ap.metrics import (
+    accuracy,
+    autoattack_accuracy,
+    mask_hamming,
+    robust_accuracy,
+    score_sharpness,
+)
+from s2ap.perturbation import S2AP
+
+__all__ = [
+    "FinetuneStage",
+    "PretrainStage",
+    "PruneStage",
+    "TrainingStage",
+    "evaluate_test",
+    "validate",
+]
+
+
+def attack_settings(threat: ThreatConfig, steps: int | None = None) -> AttackSettings:
+    return AttackSettings(eps=threat.eps, step_size=threat.step_size, steps=steps or threat.steps)
+
+
+def augmentation(data_cfg: DataConfig, data: DatasetSplits) -> Augment | None:
+    aug = data_cfg.augment
+    if aug == "none":
+        return None
+    if aug == "default":
+        return data.default_augment
+    assert isinstance(aug, AugmentConfig)
+    return Augment(crop_padding=aug.crop_padding, flip=aug.flip)
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: _TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_schedule(
+    optimizer: torch.optim.Optimizer, cfg: _TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch. ``step``: x0.1 at 50% and 75% of the epochs."""
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+    if cfg.schedule == "step":
+        milestones = [cfg.epochs // 2, (3 * cfg.epochs) // 4]
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+@contextlib.contextmanager
+def bn_stats_frozen(model: nn.Module) -> Iterator[None]:
+    """Keep BatchNorm running statistics fixed (momentum 0) during the extra S2AP/AWP passes.
+
+    The perturbed passes see the same batch again; letting them update the running stats
+    would count that batch two or more times.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+
+
+def validate(
+    model: nn.Module, data: DatasetSplits, cfg: RunConfig, *, prefix: str = "val"
+) -> dict[str, float]:
+    """Clean and PGD accuracy of the (masked) model on the validation split."""
+    split = data.val
+    if cfg.validation.max_examples:
+        split = split.subset(cfg.validation.max_examples)
+    bs = cfg.data.eval_batch_size
+    settings = attack_settings(cfg.threat, cfg.validation.pgd_steps)
+    return {
+        f"{prefix}_clean_acc": accuracy(model, split.batches(bs)),
+        f"{prefix}_robust_acc": robust_accuracy(model, split.batches(bs), settings),
+    }
+
+
+def evaluate_test(model: nn.Module, data: DatasetSplits, cfg: RunConfig) -> dict[str, float]:
+    """Final numbers on the test split: clean, PGD-k and (optionally) AutoAttack accuracy."""
+    ev = cfg.evaluate
+    split = data.test.subset(min(ev.n_examples, len(data.test)))
+    bs = cfg.data.eval_batch_size
+    out = {
+        "test_clean_acc": accuracy(model, split.batches(bs)),
+        "test_pgd_acc": robust_accuracy(
+            model, split.batches(bs), attack_settings(cfg.threat, ev.pgd_steps)
+        ),
+        "test_examples": float(len(split)),
+    }
+    if ev.autoattack:
+        aa = split.subset(min(ev.autoattack_examples or len(split), len(split)))
+        x, y = next(iter(aa.batches(len(aa))))
+        out["test_autoattack_acc"] = autoattack_accuracy(
+            model, x, y, eps=cfg.threat.eps, num_classes=data.num_classes, seed=cfg.seed
+        )
+    return out
+
+
+class TrainingStage:
+    """One adversarial training stage: the loop every stage shares, read top to bottom.
+
+    Per batch: adversarial examples once (at the current parameters), then one update through
+    ``self.update`` (a :class:`~s2ap.perturbation.S2AP`, which is the plain host step when its
+    perturbation is ``none``). Per epoch: schedule step, then validation.
+    """
+
+    name = "train"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: DatasetSplits,
+        cfg: RunConfig,
+        stage_cfg: _TrainConfig,
+        *,
+        seed_offset: int,
+    ) -> None:
+        self.model, self.data, self.cfg, self.stage_cfg = model, data, cfg, stage_cfg
+        self.epoch = 0
+        self.augment = augmentation(cfg.data, data)
+        self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + seed_offset)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(self.params, stage_cfg)
+        self.schedule = make_schedule(self.optimizer, stage_cfg)
+        self.update = self.make_update()
+        self.objective = make_objective(
+            stage_cfg.objective,
+            model,
+            attack_settings(cfg.threat),
+            **({"beta": stage_cfg.trades_beta} if stage_cfg.objective == "trades" else {}),
+        )
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.stage_cfg.epochs
+
+    def make_update(self) -> S2AP:
+        return S2AP(self.optimizer, [], rho=0.0, perturbation="none")
+
+    def run_epoch(self) -> dict[str, Any]:
+        model, update = self.model, self.update
+        update.set_epoch(self.epoch)
+        model.train()
+        start = time.perf_counter()
+        total_loss, seen = 0.0, 0
+        batches = self.data.train.batches(
+            self.cfg.data.batch_size,
+            shuffle=True,
+            generator=self.generator,
+            augment=self.augment,
+            drop_last=len(self.data.train) > self.cfg.data.batch_size,
+        )
+        for x, y in batches:
+            x_adv = self.objective.examples(x, y)
+            passes = 0
+
+            def closure(x: Tensor = x, x_adv: Tensor = x_adv, y: Tensor = y) -> Tensor:
+                nonlocal passes
+                frozen = bn_stats_frozen(model) if passes else contextlib.nullcontext()
+                passes += 1
+                with frozen:
+                    update.zero_grad()
+                    loss = self.objective.loss(model, x, x_adv, y)
+                    loss.backward()
+                return loss.detach()
+
+            loss = update.step(closure)
+            total_loss += float(loss) * len(y)
+            seen += len(y)
+        train_time = time.perf_counter() - start
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.schedule.step()
+        self.epoch += 1
+        record: dict[str, Any] = {
+            "phase": self.name,
+            "phase_epoch": self.epoch,
+            "train_robust_loss": total_loss / max(seen, 1),
+            "lr": lr,
+            "epoch_time_s": train_time,
+            "images_per_s": seen / max(train_time, 1e-9),
+        }
+        record.update(validate(model, self.data, self.cfg))
+        record.update(self.epoch_metrics())
+        return record
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "update": self.update.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = int(state["epoch"])
+        self.update.load_state_dict(state["update"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.generator.set_state(state["generator"])
+
+
+class PretrainStage(TrainingStage):
+    """Stage (i): PGD adversarial training of the dense model."""
+
+    name = "pretrain"
+
+    def __init__(self, model: nn.Module, data: DatasetSplits, cfg: RunConfig) -> None:
+        super().__init__(model, data, cfg, cfg.pretrain, seed_offset=1)
+
+
+class PruneStage(TrainingStage):
+    """Stage (ii): learn the scores with weights frozen; S2AP perturbs the scores.
+
+    Records, besides the shared metrics, the mask's Hamming distance to the previous epoch's
+    (global and per layer), the measured sparsity, and score-space sharpness on a fixed
+    validation batch at ``validation.sharpness_rho`` (one radius for every arm).
+    """
+
+    name = "prune"
+
+    def __init__(
+        self, model: nn.Module, data: DatasetSplits, cfg: RunConfig, masking: ScoreMasking
+    ) -> None:
+        self.masking = masking
+        masking.set_stage("prune", bn_trainable=cfg.prune.bn_trainable)
+        self.previous_mask = masking.masks()
+        super().__init__(model, data, cfg, cfg.prune, seed_offset=2)
+
+    def make_update(self) -> S2AP:
+        p = self.cfg.prune
+        return S2AP(
+            self.optimizer,
+            self.masking.scores(),
+            rho=p.rho,
+            radius=p.radius,
+            ascent_steps=p.ascent_steps,
+            perturbation=p.perturbation,
+            warmup_epochs=p.warmup_epochs,
+            seed=self.cfg.seed,
+        )
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        masks = self.masking.masks()
+        hamming, per_layer = mask_hamming(self.previous_mask, masks)
+        self.previous_mask = masks
+        sparsity, _ = self.masking.sparsity_report()
+        out: dict[str, Any] = {
+            "mask_hamming": hamming,
+            "sparsity": sparsity,
+            "perturbing": float(self.update.perturbing),
+            "sharpness": self.sharpness(),
+        }
+        out.update({f"mask_hamming/{name}": d for name, d in per_layer.items()})
+        return out
+
+    def sharpness(self) -> float:
+        """``L(s+z*) - L(s)`` on the first validation examples' PGD examples (eval mode)."""
+        v = self.cfg.validation
+        split = self.data.val.subset(min(v.sharpness_examples, len(self.data.val)))
+        x, y = next(iter(split.batches(len(split))))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            x_adv = make_objective("pgd", self.model, attack_settings(self.cfg.threat)).examples(
+                x, y
+            )
+
+            def loss_fn() -> Tensor:
+                return nn.functional.cross_entropy(self.model(x_adv), y)
+
+            return score_sharpness(
+                self.masking, loss_fn, rho=v.sharpness_rho, radius=self.cfg.prune.radius
+            )
+        finally:
+            self.model.train(was_training)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["previous_mask"] = self.previous_mask
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.previous_mask = state["previous_mask"]
+
+
+class FinetuneStage(TrainingStage):
+    """Stage (iii): adversarial training of the surviving weights with the mask fixed.
+
+    With ``finetune.awp.enabled`` the update is AWP: the same min-max as S2AP, over the weights
+    with a relative radius ``gamma`` per layer, so every arm can be finetuned identically.
+    """
+
+    name = "finetune"
+
+    def __init__(
+        self, model: nn.Module, data: DatasetSplits, cfg: RunConfig, masking: ScoreMasking
+    ) -> None:
+        self.masking = masking
+        masking.set_stage("finetune")
+        super().__init__(model, data, cfg, cfg.finetune, seed_offset=3)
+
+    def make_update(self) -> S2AP:
+        awp = self.cfg.finetune.awp
+        weights = [layer.weight for layer in self.masking.layers.values()]
+        return S2AP(
+            self.optimizer,
+            weights,
+            rho=awp.gamma,
+            radius="relative",
+            perturbation="score" if awp.enabled else "none",
+            warmup_epochs=awp.warmup_epochs,
+            seed=self.cfg.seed,
+        )
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        sparsity, _ = self.masking.sparsity_report()
+        return {"sparsity": sparsity}

@@ -1,0 +1,189 @@
+"""Study and trial runs on an embedded sqlite store (no server)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.entities import ViewType
+
+from tests.tracking.conftest import STUDY_CONFIG, run_fake_study, trial_params
+from tracking.artifacts import load_masks
+from tracking.outbox import RetryPolicy, is_transient
+from tracking.pull import NoFinishedTrialError, StudyNotFoundError, find_best_trial, pull_best_mask
+from tracking.runs import (
+    EXPERIMENT_TAGS,
+    ParamConflictError,
+    StudyTracker,
+    TrackingUnavailableError,
+    TrialTracker,
+    check_tracking_server,
+    flatten_params,
+    make_client,
+    resolve_tracking_uri,
+)
+from tracking.server import free_port
+
+
+def test_resolve_tracking_uri(tmp_path: Path) -> None:
+    assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert resolve_tracking_uri(None, tmp_path).startswith("sqlite:////")
+    assert resolve_tracking_uri("http://h:5000/", tmp_path) == "http://h:5000"
+    assert resolve_tracking_uri("sqlite:////a/b.db", tmp_path) == "sqlite:////a/b.db"
+    assert resolve_tracking_uri("postgresql://u@h/db", tmp_path) == "postgresql://u@h/db"
+    with pytest.raises(ValueError, match="relative sqlite"):
+        resolve_tracking_uri("sqlite:///mlflow.db", tmp_path)
+    for bad in ("file:///tmp/mlruns", "./mlruns", "mlruns", "/abs/mlruns"):
+        with pytest.raises(ValueError, match="file store"):
+            resolve_tracking_uri(bad, tmp_path)
+    with pytest.raises(ValueError, match="unsupported scheme"):
+        resolve_tracking_uri("ftp://x", tmp_path)
+
+
+def test_flatten_params() -> None:
+    flat = flatten_params({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None, "f": {}, "g": True})
+    assert flat == {"a.b": "1", "a.c.d": "[1, 2]", "e": "None", "f": "{}", "g": "True"}
+
+
+def test_fake_study_embedded(storage_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cwd = storage_root.parent / "cwd"
+    cwd.mkdir(parents=True)
+    monkeypatch.chdir(cwd)  # nothing may land in the working directory
+    study = run_fake_study(None, storage_root, "embedded-study")
+    uri = study.tracker.tracking_uri
+    assert uri == f"sqlite:///{storage_root}/mlflow.db"
+    client = make_client(uri)
+
+    exp = client.get_experiment_by_name("embedded-study")
+    for key, value in EXPERIMENT_TAGS.items():
+        assert exp.tags[key] == value
+    runs = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)
+    parents = [r for r in runs if r.data.tags.get("s2ap.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("s2ap.role") == "trial"]
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    assert parent.info.run_id == study.parent_run_id
+    assert parent.data.tags["s2ap.ray_version"] == "test"
+    assert parent.data.tags["s2ap.torch_version"] and parent.data.tags["s2ap.mlflow_version"]
+    assert parent.data.params == flatten_params(STUDY_CONFIG)
+    study_yaml = Path(client.download_artifacts(parent.info.run_id, "study.yaml", str(cwd / "d")))
+    assert study_yaml.read_text().startswith("name: embedded-study")
+
+    for child in children:
+        tid = child.data.tags["s2ap.trial_id"]
+        assert child.data.tags["mlflow.parentRunId"] == study.parent_run_id
+        assert child.data.tags["s2ap.study"] == "embedded-study"
+        assert child.data.tags["s2ap.device"] == "cpu"
+        assert child.data.tags["s2ap.phase"] == "done"
+        assert child.info.status == "FINISHED"
+        assert child.data.params == flatten_params(study.params[tid])
+        assert child.data.params["s2ap.rho"] == str(study.params[tid]["s2ap"]["rho"])
+        for key, logged in study.metrics[tid].items():
+            hist = client.get_metric_history(child.info.run_id, key)
+            assert sorted((m.step, m.value) for m in hist) == logged
+        arts = {a.path for a in client.list_artifacts(child.info.run_id, "masks")}
+        assert arts == {"masks/final.s2mask"}
+        weights = [a.path for a in client.list_artifacts(child.info.run_id, "weights")]
+        assert len(weights) == 1 and weights[0].startswith("weights/final.")
+        assert child.data.tags["s2ap.masks.final.sha256"] == study.mask_sha[tid]
+
+    assert list(cwd.iterdir()) == [cwd / "d"]  # only the download we asked for
+    assert not list(storage_root.glob("mlflow-outbox/*.jsonl"))  # nothing left unsent
+
+
+def test_reopen_reuses_runs_and_refuses_param_changes(storage_root: Path) -> None:
+    study = run_fake_study(None, storage_root, "reopen", n_trials=1, epochs=1)
+    run_id = study.runs["trial_0000"]
+    uri = study.tracker.tracking_uri
+    client = make_client(uri)
+
+    # The trial restarts (same id, same config): same run, RUNNING again, logs continue.
+    again = TrialTracker.open(
+        **study.tracker.trial_context(), trial_id="trial_0000", params=trial_params(0)
+    )
+    assert again.run_id == run_id and again.resumed
+    assert client.get_run(run_id).info.status == "RUNNING"
+    again.log_params({"extra": {"new": 1}})  # a missing param may be added
+    again.log_metrics({"val_robust_acc": 0.9}, step=1)
+    again.finish()
+    assert client.get_run(run_id).data.params["extra.new"] == "1"
+
+    changed = trial_params(0)
+    changed["s2ap"]["rho"] = 0.7
+    before = client.get_run(run_id)
+    with pytest.raises(ParamConflictError, match=r"s2ap\.rho: logged '0\.02', now '0\.7'"):
+        TrialTracker.open(**study.tracker.trial_context(), trial_id="trial_0000", params=changed)
+    after = client.get_run(run_id)
+    assert after.info.status == before.info.status == "FINISHED"  # nothing was written
+
+    # Resuming the study reuses its parent run.
+    resumed = StudyTracker(
+        None, "reopen", study_config=STUDY_CONFIG, storage_root=storage_root
+    )
+    assert resumed.start() == study.parent_run_id and resumed.resumed
+    exp = client.get_experiment_by_name("reopen")
+    parents = client.search_runs([exp.experiment_id], "tags.`s2ap.role` = 'study'")
+    assert len(parents) == 1
+    trials = client.search_runs([exp.experiment_id], "tags.`s2ap.role` = 'trial'")
+    assert len(trials) == 1
+    with pytest.raises(ParamConflictError, match="num_samples"):
+        StudyTracker(
+            None, "reopen", study_config={**STUDY_CONFIG, "num_samples": 4}, storage_root=storage_root
+        ).start()
+    resumed.finish()
+
+
+def test_best_trial_and_pull_embedded(storage_root: Path, tmp_path: Path) -> None:
+    study = run_fake_study(None, storage_root, "best", n_trials=3, epochs=2, fail_trial=2)
+    uri = study.tracker.tracking_uri
+    best = find_best_trial(uri, "best")
+    # trial 2 has the highest accuracy but FAILED: it does not count.
+    assert best.trial_id == "trial_0001" and best.run_id == study.runs["trial_0001"]
+    assert best.value == pytest.approx(0.2 + 0.1 + 0.01)
+    assert best.params["s2ap.rho"] == "0.1"
+    assert find_best_trial(uri, "best", mode="min").trial_id == "trial_0000"
+
+    pulled = pull_best_mask(uri, "best", tmp_path / "pulled", with_weights=True)
+    masks, header = load_masks(pulled.mask_path)
+    assert all(masks[n].equal(m) for n, m in study.masks["trial_0001"].items())
+    assert header["trial_id"] == "trial_0001" and header["method"] == "s2ap"
+    assert pulled.payload_sha256 == study.mask_sha["trial_0001"]
+    assert pulled.weights_path and os.path.exists(pulled.weights_path)
+
+    with pytest.raises(StudyNotFoundError, match="studies there: .*best"):
+        find_best_trial(uri, "nope")
+    with pytest.raises(NoFinishedTrialError, match="val_loss"):
+        find_best_trial(uri, "best", metric="val_loss")
+    run_fake_study(None, storage_root, "all-failed", n_trials=1, epochs=1, fail_trial=0)
+    with pytest.raises(NoFinishedTrialError, match="1 FAILED"):
+        find_best_trial(uri, "all-failed")
+
+
+def test_check_tracking_server_closed_port_is_fast(tmp_path: Path) -> None:
+    port = free_port()
+    start = time.monotonic()
+    with pytest.raises(TrackingUnavailableError, match="unreachable"):
+        check_tracking_server(f"http://127.0.0.1:{port}", timeout_s=5)
+    assert time.monotonic() - start < 3
+    check_tracking_server(f"sqlite:///{tmp_path}/sub/mlflow.db")  # folder is created
+    assert (tmp_path / "sub").is_dir()
+
+
+def test_trial_open_needs_the_study(storage_root: Path) -> None:
+    uri = resolve_tracking_uri(None, storage_root)
+    make_client(uri).create_experiment("other", artifact_location=(storage_root / "a").as_uri())
+    with pytest.raises(ValueError, match="start the study first"):
+        TrialTracker.open(uri, "missing", "0" * 32, "t", {}, retry=RetryPolicy(total_s=0))
+
+
+def test_is_transient() -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    assert is_transient(MlflowException("API request failed with exception ConnectionError"))
+    assert is_transient(MlflowException("locked", error_code=TEMPORARILY_UNAVAILABLE))
+    assert is_transient(ConnectionRefusedError())
+    assert not is_transient(MlflowException("bad", error_code=INVALID_PARAMETER_VALUE))
+    assert not is_transient(ValueError("bug"))

@@ -1,0 +1,275 @@
+"""Find a study's best trial in MLflow and pull its mask (and weights) to a local folder.
+
+Only finished trial runs count (``s2ap.role=trial``, status FINISHED): a running or failed trial's
+last metric is not a result. The metric value used is the run's latest logged value, i.e. what
+the trial reported last and what the MLflow runs table shows. Works against an embedded sqlite
+store or an ``http://`` server with proxied artifacts alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from tracking.artifacts import MASK_SUFFIX, load_masks
+from tracking.runs import (
+    PRIMARY_METRIC,
+    ROLE_TRIAL,
+    TAG_ROLE,
+    TAG_TRIAL_ID,
+    make_client,
+    resolve_tracking_uri,
+)
+
+
+class StudyNotFoundError(LookupError):
+    """No experiment with the study's name exists in the tracking store."""
+
+
+class NoFinishedTrialError(LookupError):
+    """The study exists but no finished trial has the requested metric."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BestTrial:
+    """The selected trial run."""
+
+    study_name: str
+    experiment_id: str
+    run_id: str
+    trial_id: str | None
+    metric: str
+    value: float
+    params: dict[str, str]
+    tags: dict[str, str]
+    artifact_uri: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PulledMask:
+    """Paths of what was downloaded, the verified mask header, and where it came from."""
+
+    mask_path: str
+    weights_path: str | None
+    header: dict[str, Any]
+    payload_sha256: str
+    run_id: str
+    trial_id: str | None
+    best: BestTrial | None
+    info_path: str
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    if not tracking_uri:
+        raise ValueError("tracking_uri is required (http://host:port or sqlite:////abs/mlflow.db)")
+    return make_client(resolve_tracking_uri(tracking_uri, "."))
+
+
+def _all_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Any]:
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def find_best_trial(
+    tracking_uri: str,
+    study_name: str,
+    metric: str = PRIMARY_METRIC,
+    mode: str = "max",
+) -> BestTrial:
+    """Return the finished trial of ``study_name`` with the best latest value of ``metric``.
+
+    ``mode`` is ``"max"`` or ``"min"``. Raises :class:`StudyNotFoundError` (listing the studies that
+    exist) or :class:`NoFinishedTrialError` (listing the trials' statuses / metric names).
+    """
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode={mode!r}: use 'max' or 'min'")
+    client = _client(tracking_uri)
+    exp = client.get_experiment_by_name(study_name)
+    if exp is None or exp.lifecycle_stage == "deleted":
+        names = sorted(e.name for e in client.search_experiments(max_results=50))
+        raise StudyNotFoundError(
+            f"no study {study_name!r} at {tracking_uri}; studies there: "
+            f"{', '.join(names) if names else '(none)'}"
+        )
+    trials = _all_runs(client, exp.experiment_id, f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'")
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    if not finished:
+        counts = Counter(r.info.status for r in trials)
+        listing = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trial runs"
+        raise NoFinishedTrialError(
+            f"study {study_name!r} has no finished trial ({listing}); wait for trials to finish or "
+            "resume the study"
+        )
+    scored = [
+        r for r in finished if metric in r.data.metrics and math.isfinite(r.data.metrics[metric])
+    ]
+    if not scored:
+        keys = sorted({k for r in finished for k in r.data.metrics})
+        raise NoFinishedTrialError(
+            f"none of the {len(finished)} finished trials of {study_name!r} logged {metric!r}; "
+            f"metrics they have: {', '.join(keys) if keys else '(none)'}"
+        )
+    sign = 1.0 if mode == "max" else -1.0
+    best = min(
+        scored,
+        key=lambda r: (-sign * r.data.metrics[metric], r.info.end_time or 0, r.info.run_id),
+    )
+    return BestTrial(
+        study_name=study_name,
+        experiment_id=exp.experiment_id,
+        run_id=best.info.run_id,
+        trial_id=best.data.tags.get(TAG_TRIAL_ID),
+        metric=metric,
+        value=float(best.data.metrics[metric]),
+        params=dict(best.data.params),
+        tags=dict(best.data.tags),
+        artifact_uri=best.info.artifact_uri,
+    )
+
+
+def _download(client: MlflowClient, run_id: str, artifact_path: str, dest: Path) -> Path:
+    """Download one artifact file to ``dest`` (atomically: via a temp folder beside it)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".s2ap-pull-", dir=dest.parent) as tmp:
+        try:
+            local = client.download_artifacts(run_id, artifact_path, dst_path=tmp)
+        except (MlflowException, OSError) as exc:
+            folder = os.path.dirname(artifact_path)
+            try:
+                present = [a.path for a in client.list_artifacts(run_id, folder or None)]
+            except Exception:  # listing is only for the message
+                present = []
+            raise FileNotFoundError(
+                f"run {run_id} has no artifact {artifact_path!r} ({exc}); "
+                f"{folder or 'root'} holds: {', '.join(present) if present else '(nothing)'}"
+            ) from exc
+        os.replace(local, dest)
+    return dest
+
+
+def pull_mask(
+    tracking_uri: str,
+    run_id: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    mask_name: str = "final",
+    with_weights: bool = False,
+    weights_name: str = "final",
+    best: BestTrial | None = None,
+) -> PulledMask:
+    """Download ``masks/<mask_name>.s2mask`` (and ``weights/<weights_name>.*``) of one run.
+
+    The mask is verified by loading it (payload hash, header integrity) and against the run's
+    ``s2ap.masks.<name>.sha256`` tag. Writes ``<out_dir>/pulled.json`` with the provenance.
+    """
+    client = _client(tracking_uri)
+    out = Path(out_dir).absolute()
+    mask_path = _download(
+        client, run_id, f"masks/{mask_name}{MASK_SUFFIX}", out / f"{mask_name}{MASK_SUFFIX}"
+    )
+    _, header = load_masks(mask_path)  # raises MaskFileError if damaged
+    run = client.get_run(run_id)
+    tagged = run.data.tags.get(f"s2ap.masks.{mask_name}.sha256")
+    if tagged and tagged != header["payload_sha256"]:
+        raise ValueError(
+            f"mask {mask_path} has payload sha256 {header['payload_sha256']} but run {run_id} "
+            f"recorded {tagged}; the artifact was replaced after logging"
+        )
+    weights_path = None
+    if with_weights:
+        candidates = [
+            a.path
+            for a in client.list_artifacts(run_id, "weights")
+            if not a.is_dir and os.path.basename(a.path).split(".", 1)[0] == weights_name
+        ]
+        if not candidates:
+            present = [a.path for a in client.list_artifacts(run_id, "weights")]
+            raise FileNotFoundError(
+                f"run {run_id} has no weights named {weights_name!r}; weights/ holds: "
+                f"{', '.join(present) if present else '(nothing)'}"
+            )
+        weights_path = str(
+            _download(client, run_id, candidates[0], out / os.path.basename(candidates[0]))
+        )
+    trial_id = run.data.tags.get(TAG_TRIAL_ID)
+    info = {
+        "tracking_uri": tracking_uri,
+        "run_id": run_id,
+        "trial_id": trial_id,
+        "study": best.study_name if best else run.data.tags.get("s2ap.study"),
+        "metric": best.metric if best else None,
+        "value": best.value if best else None,
+        "mask_path": str(mask_path),
+        "mask_payload_sha256": header["payload_sha256"],
+        "weights_path": weights_path,
+        "params": dict(run.data.params),
+    }
+    info_path = out / "pulled.json"
+    info_path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return PulledMask(
+        mask_path=str(mask_path),
+        weights_path=weights_path,
+        header=header,
+        payload_sha256=header["payload_sha256"],
+        run_id=run_id,
+        trial_id=trial_id,
+        best=best,
+        info_path=str(info_path),
+    )
+
+
+def pull_best_mask(
+    tracking_uri: str,
+    study_name: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    metric: str = PRIMARY_METRIC,
+    mode: str = "max",
+    with_weights: bool = False,
+    mask_name: str = "final",
+    weights_name: str = "final",
+) -> PulledMask:
+    """Find the study's best finished trial (:func:`find_best_trial`) and pull its mask."""
+    best = find_best_trial(tracking_uri, study_name, metric=metric, mode=mode)
+    return pull_mask(
+        tracking_uri,
+        best.run_id,
+        out_dir,
+        mask_name=mask_name,
+        with_weights=with_weights,
+        weights_name=weights_name,
+        best=best,
+    )
+
+
+__all__ = [
+    "BestTrial",
+    "NoFinishedTrialError",
+    "PulledMask",
+    "StudyNotFoundError",
+    "find_best_trial",
+    "pull_best_mask",
+    "pull_mask",
+]

@@ -1,0 +1,190 @@
+"""``s2ap run RUN.yaml --out DIR``: one pipeline, in-process, no Ray.
+
+pretrain (or load a dense checkpoint) -> prune -> finetune -> evaluate, writing to ``DIR``:
+
+- ``config.yaml``     the validated configuration, every default filled in
+- ``metrics.jsonl``   one JSON line per epoch (all phases)
+- ``checkpoint.pt``   the full pipeline state after the last epoch (``--resume`` continues it)
+- ``dense.pt``        the dense robust model after pretraining (when pretraining ran)
+- ``mask.s2mask``     the final mask (bit-packed, hashed; ``s2ap masks diff/apply`` read it)
+- ``model.safetensors`` the selected finetuned model, plain architecture, pruned weights zero
+- ``summary.json``    validation and test numbers of the selected model
+
+An existing non-empty ``DIR`` is never overwritten: ``--resume`` continues it, ``--force``
+replaces it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from s2ap.config import ConfigError, RunConfig, config_hash, load_run_config
+from s2ap.pipeline import Pipeline
+from tracking.artifacts import file_sha256, save_masks, save_state_dict
+
+__all__ = ["add_run_arguments", "mask_header", "run_command", "run_to_folder"]
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def mask_header(cfg: RunConfig, dense_hash: str | None = None) -> dict[str, Any]:
+    """Metadata stored beside a mask: what produced it and from which dense model."""
+    p = cfg.prune
+    return {
+        "architecture": cfg.model.arch,
+        "dataset": cfg.data.source,
+        "method": {
+            "host": "hydra",
+            "perturbation": p.perturbation,
+            "rho": p.rho,
+            "radius": p.radius,
+            "ascent_steps": p.ascent_steps,
+            "warmup_epochs": p.warmup_epochs,
+            "scope": p.scope,
+            "sparsity_target": p.sparsity,
+        },
+        "config_hash": config_hash(cfg.model_dump(mode="json")),
+        "dense_checkpoint_hash": dense_hash,
+    }
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="run file (YAML), e.g. configs/run-digits.yaml")
+    parser.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field, e.g. --set prune.rho=0.05 (repeatable; VALUE is YAML)",
+    )
+    parser.add_argument("--device", help="override the config's device (cpu, cuda, cuda:1)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. prune.rho=0.05")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _prepare_output(out: Path, *, resume: bool, force: bool) -> None:
+    existing = out.exists() and any(out.iterdir())
+    if resume:
+        if not (out / CHECKPOINT).exists():
+            raise ConfigError(f"--resume: {out} has no {CHECKPOINT} to continue from")
+        return
+    if existing and not force:
+        raise ConfigError(
+            f"--out {out} exists and is not empty; pass --resume to continue that run or "
+            "--force to replace it"
+        )
+    if existing and force:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def run_to_folder(
+    cfg: RunConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the whole pipeline, writing the files listed in the module docstring to ``out``."""
+    out = out.resolve()
+    if not resume:
+        (out / "config.yaml").write_text(
+            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        )
+    pipeline = Pipeline(cfg, device=device)
+    total = sum(getattr(cfg, p).epochs for p in pipeline.phases)
+    if resume:
+        state = torch.load(out / CHECKPOINT, map_location=pipeline.device, weights_only=True)
+        pipeline.load_state_dict(state)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=pipeline.global_epoch, disable=not progress, unit="epoch")
+    started = time.perf_counter()
+    dense_hash = file_sha256(out / "dense.pt") if (out / "dense.pt").exists() else None
+    with (out / "metrics.jsonl").open("a") as metrics_file:
+        while not pipeline.done:
+            phase = pipeline.phase
+            record = pipeline.step()
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            if phase == "pretrain" and pipeline.phase != "pretrain":
+                dense_hash = save_state_dict(out / "dense.pt", pipeline.dense_state_dict())
+            _atomic_torch_save(pipeline.state_dict(), out / CHECKPOINT)
+            bar.set_description(phase)
+            bar.set_postfix(
+                val_rob=f"{record['val_robust_acc']:.3f}",
+                val_clean=f"{record['val_clean_acc']:.3f}",
+            )
+            bar.update(1)
+    bar.close()
+    summary: dict[str, Any] = {"name": cfg.name, "train_time_s": time.perf_counter() - started}
+    if pipeline.masking is not None:
+        header = mask_header(cfg, dense_hash)
+        summary["mask_sha256"] = save_masks(out / "mask.s2mask", pipeline.selected_masks(), header)
+        if pipeline.prune_masks is not None:
+            save_masks(out / "mask-prune.s2mask", pipeline.prune_masks, header)
+        sparsity, _ = pipeline.masking.sparsity_report()
+        summary["sparsity"] = sparsity
+    save_state_dict(out / "model.safetensors", pipeline.selected_dense_state_dict())
+    summary["selected"] = {
+        "epoch": pipeline.best["epoch"],
+        "phase": pipeline.best.get("phase"),
+        "val_robust_acc": pipeline.best["val_robust_acc"],
+    }
+    summary["test"] = pipeline.evaluate_test()
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Entry point of ``s2ap run``; returns the exit code (2 for bad input)."""
+    try:
+        cfg = load_run_config(args.config, parse_overrides(args.set))
+        out = Path(args.out)
+        _prepare_output(out, resume=args.resume, force=args.force)
+    except ConfigError as e:
+        print(f"s2ap run: {e}", file=sys.stderr)
+        return 2
+    summary = run_to_folder(
+        cfg, out, resume=args.resume, device=args.device, progress=not args.quiet
+    )
+    test = summary["test"]
+    parts = [f"{k.removeprefix('test_')}={v:.4f}" for k, v in test.items() if k.endswith("_acc")]
+    print(f"s2ap run: done in {summary['train_time_s']:.0f}s; test " + ", ".join(parts))
+    print(f"s2ap run: results in {out.resolve()} (summary.json, mask.s2mask, model.safetensors)")
+    return 0
