@@ -34,6 +34,10 @@ from tracking.pull import (
 )
 from tracking.runs import (
     EXPERIMENT_TAGS,
+    TAG_PHASE,
+    TAG_ROLE,
+    TAG_STUDY,
+    TAG_TRIAL_ID,
     ParamConflictError,
     StudyTracker,
     TrackingUnavailableError,
@@ -43,6 +47,7 @@ from tracking.runs import (
     make_client,
     metric_history,
     resolve_tracking_uri,
+    version_tags,
 )
 from tracking.server import (
     MlflowServer,
@@ -56,6 +61,10 @@ __all__ = [
     "EXPERIMENT_TAGS",
     "MASK_SUFFIX",
     "STATE_DICT_SUFFIX",
+    "TAG_PHASE",
+    "TAG_ROLE",
+    "TAG_STUDY",
+    "TAG_TRIAL_ID",
     "BestTrial",
     "FlushReport",
     "MaskFileError",
@@ -90,4 +99,5 @@ __all__ = [
     "resolve_tracking_uri",
     "save_masks",
     "save_state_dict",
+    "version_tags",
 ]

@@ -43,9 +43,11 @@ if TYPE_CHECKING:
     import psutil
 
 __all__ = [
+    "DASHBOARD_AGENT_LISTEN_PORT",
     "LOCAL_ADDRESSES",
     "LocalRayCluster",
     "check_storage_for_address",
+    "node_healthy",
     "ray_head_command",
     "ray_worker_command",
 ]
@@ -55,6 +57,9 @@ LOCAL_ADDRESSES = frozenset({"local", "localhost", "127.0.0.1", "::1", "[::1]"})
 
 # Storage roots with one of these schemes live on the local disk of whoever writes them.
 _LOCAL_SCHEMES = frozenset({"", "file", "local"})
+
+#: Ray's default port of the per-node dashboard agent; the recipes pin it for their health checks.
+DASHBOARD_AGENT_LISTEN_PORT = 52365
 
 # Public (no token needed even with RAY_AUTH_MODE=token) health endpoints of Ray 2.60.
 _GCS_HEALTH_PATH = "/api/gcs_healthz"
@@ -292,6 +297,23 @@ def _free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+def node_healthy(
+    *,
+    agent_port: int = DASHBOARD_AGENT_LISTEN_PORT,
+    dashboard_port: int | None = None,
+    host: str = "127.0.0.1",
+    timeout: float = 2.0,
+) -> bool:
+    """True when the Ray node on ``host`` answers: its raylet (through the dashboard agent on
+    ``agent_port``) and, for a head node (``dashboard_port`` given), the GCS. Both endpoints are
+    public even with token auth, so container health checks need no token."""
+    if not _http_ok(f"http://{host}:{agent_port}{_RAYLET_HEALTH_PATH}", timeout):
+        return False
+    return dashboard_port is None or _http_ok(
+        f"http://{host}:{dashboard_port}{_GCS_HEALTH_PATH}", timeout
+    )
+
+
 def _psutil() -> Any:
     """psutil, imported on first use: Ray 2.60 vendors it under ``ray/thirdparty_files``, which
     ``import ray`` puts on ``sys.path`` when no standalone psutil is installed."""
@@ -476,6 +498,7 @@ class LocalRayCluster:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
+        assert self.dashboard_agent_listen_port is not None
         gcs = f"{self.dashboard_url}{_GCS_HEALTH_PATH}"
         raylet = f"http://127.0.0.1:{self.dashboard_agent_listen_port}{_RAYLET_HEALTH_PATH}"
         while time.monotonic() < deadline:
@@ -486,7 +509,9 @@ class LocalRayCluster:
                     f"`ray start --head` exited with code {self._proc.returncode} before the "
                     f"cluster was ready; its output ({self.log_path}):\n{self.log_tail()}"
                 )
-            if _http_ok(gcs) and _http_ok(raylet):
+            if node_healthy(
+                agent_port=self.dashboard_agent_listen_port, dashboard_port=self.dashboard_port
+            ):
                 return
             time.sleep(0.5)
         raise TimeoutError(
@@ -635,38 +660,33 @@ def _alive(proc: psutil.Process) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tune.cluster local|head-command|worker-command`` (see ``--help``)."""
+    """``python -m tune.cluster local|health`` (see ``--help``).
+
+    ``local`` runs a one-box cluster until Ctrl-C. ``health`` is the container health check of
+    the recipes (exit 0 when this node's raylet, and with ``--dashboard-port`` the GCS, answer).
+    """
     parser = argparse.ArgumentParser(
         prog="python -m tune.cluster",
-        description="Ray commands used by the s2ap recipes, and a one-box Ray cluster.",
+        description="A one-box Ray cluster, and the health check of the s2ap container recipes.",
     )
     sub = parser.add_subparsers(dest="action", required=True)
-    local = sub.add_parser("local", help="run a head node on 127.0.0.1 until Ctrl-C")
+    local = sub.add_parser("local", help="run a Ray head on 127.0.0.1 until Ctrl-C")
     local.add_argument("--num-cpus", type=int, default=None)
     local.add_argument("--num-gpus", type=int, default=None)
     local.add_argument("--object-store-memory", type=int, default=None)
-    head = sub.add_parser("head-command", help="print the `ray start --head` argv as JSON")
-    head.add_argument("--dashboard-host", default="127.0.0.1")
-    head.add_argument("--port", type=int, default=6379)
-    head.add_argument("--dashboard-port", type=int, default=8265)
-    worker = sub.add_parser("worker-command", help="print the `ray start --address` argv as JSON")
-    worker.add_argument("--address", required=True)
+    health = sub.add_parser("health", help="exit 0 if this Ray node answers its health checks")
+    health.add_argument("--agent-port", type=int, default=DASHBOARD_AGENT_LISTEN_PORT)
+    health.add_argument(
+        "--dashboard-port", type=int, default=None, help="also check the GCS (head nodes)"
+    )
+    health.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
 
-    if args.action == "head-command":
-        print(
-            json.dumps(
-                ray_head_command(
-                    port=args.port,
-                    dashboard_host=args.dashboard_host,
-                    dashboard_port=args.dashboard_port,
-                )
-            )
+    if args.action == "health":
+        ok = node_healthy(
+            agent_port=args.agent_port, dashboard_port=args.dashboard_port, host=args.host
         )
-        return 0
-    if args.action == "worker-command":
-        print(json.dumps(ray_worker_command(address=args.address)))
-        return 0
+        return 0 if ok else 1
 
     cluster = LocalRayCluster(
         num_cpus=args.num_cpus,

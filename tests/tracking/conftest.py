@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tracking.artifacts import save_masks
 from tracking.runs import StudyTracker, TrialTracker
 from tracking.server import MlflowServer
 
@@ -41,6 +42,7 @@ class FakeStudy:
     metrics: dict[str, dict[str, list[tuple[int, float]]]]
     mask_sha: dict[str, str]
     masks: dict[str, dict[str, torch.Tensor]]
+    mask_bytes: dict[str, bytes]  # the exact file each trial logged
 
 
 STUDY_CONFIG = {
@@ -79,7 +81,7 @@ def run_fake_study(
         tags={"s2ap.ray_version": "test"},
     )
     parent = study.start()
-    out = FakeStudy(study, parent, {}, {}, {}, {}, {})
+    out = FakeStudy(study, parent, {}, {}, {}, {}, {}, {})
     for i in range(n_trials):
         tid = f"trial_{i:04d}"
         params = trial_params(i)
@@ -96,8 +98,15 @@ def run_fake_study(
             history["val_robust_acc"].append((epoch, robust))
             history["val_clean_acc"].append((epoch, clean))
         masks = fake_masks(i)
-        out.mask_sha[tid] = trial.log_masks(masks, {"architecture": "small_cnn", "method": "s2ap"})
+        header = {"architecture": "small_cnn", "method": "s2ap"}
+        out.mask_sha[tid] = trial.log_masks(masks, header)
+        # The same masks and header written locally: the bytes the artifact must have.
+        local = storage_root / "expected" / f"{tid}.s2mask"
+        save_masks(local, masks, {**header, "study": name, "trial_id": tid})
+        out.mask_bytes[tid] = local.read_bytes()
         trial.log_state_dict({"w": torch.full((3,), float(i))})
+        if i == 0:
+            trial.log_trial_plots(history=history, hamming=[0.1, 0.02], masks=masks)
         trial.set_phase("done")
         trial.finish("FAILED" if i == fail_trial else "FINISHED")
         out.runs[tid] = trial.run_id

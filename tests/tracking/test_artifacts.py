@@ -190,7 +190,7 @@ def test_inconsistent_header_with_recomputed_digest(tmp_path: Path) -> None:
 
 
 def test_bad_inputs(tmp_path: Path) -> None:
-    with pytest.raises(TypeError, match="torch.bool"):
+    with pytest.raises(TypeError, match=r"torch\.bool"):
         save_masks(tmp_path / "a.s2mask", {"l": torch.ones(3)}, {})
     with pytest.raises(ValueError, match="written by the mask format"):
         save_masks(tmp_path / "a.s2mask", {"l": torch.ones(3, dtype=torch.bool)}, {"layers": 1})
@@ -225,6 +225,8 @@ def test_config_hash() -> None:
     assert config_hash(a) == config_hash(b)
     assert len(config_hash(a)) == 16 and int(config_hash(a), 16) >= 0
     assert config_hash(a) != config_hash({**a, "b": 2})
-    assert config_hash({"p": Path("/x"), "n": np.float32(0.5)}) == config_hash({"p": "/x", "n": 0.5})
+    assert config_hash({"p": Path("/x"), "n": np.float32(0.5)}) == config_hash(
+        {"p": "/x", "n": 0.5}
+    )
     with pytest.raises(TypeError, match="cannot encode"):
         config_hash({"f": object()})

@@ -89,6 +89,16 @@ def test_fake_study_embedded(storage_root: Path, monkeypatch: pytest.MonkeyPatch
         assert len(weights) == 1 and weights[0].startswith("weights/final.")
         assert child.data.tags["s2ap.masks.final.sha256"] == study.mask_sha[tid]
 
+    plots = {a.path for a in client.list_artifacts(study.runs["trial_0000"], "plots")}
+    assert plots == {
+        "plots/training_curves.png",
+        "plots/mask_stability.png",
+        "plots/layer_sparsity.png",
+    }
+    study.tracker.log_study_plots()
+    plots = {a.path for a in client.list_artifacts(study.parent_run_id, "plots")}
+    assert plots == {"plots/val_robust_acc_vs_rho.png", "plots/val_robust_acc_vs_ascent_steps.png"}
+
     assert list(cwd.iterdir()) == [cwd / "d"]  # only the download we asked for
     assert not list(storage_root.glob("mlflow-outbox/*.jsonl"))  # nothing left unsent
 
@@ -119,9 +129,7 @@ def test_reopen_reuses_runs_and_refuses_param_changes(storage_root: Path) -> Non
     assert after.info.status == before.info.status == "FINISHED"  # nothing was written
 
     # Resuming the study reuses its parent run.
-    resumed = StudyTracker(
-        None, "reopen", study_config=STUDY_CONFIG, storage_root=storage_root
-    )
+    resumed = StudyTracker(None, "reopen", study_config=STUDY_CONFIG, storage_root=storage_root)
     assert resumed.start() == study.parent_run_id and resumed.resumed
     exp = client.get_experiment_by_name("reopen")
     parents = client.search_runs([exp.experiment_id], "tags.`s2ap.role` = 'study'")
@@ -130,7 +138,10 @@ def test_reopen_reuses_runs_and_refuses_param_changes(storage_root: Path) -> Non
     assert len(trials) == 1
     with pytest.raises(ParamConflictError, match="num_samples"):
         StudyTracker(
-            None, "reopen", study_config={**STUDY_CONFIG, "num_samples": 4}, storage_root=storage_root
+            None,
+            "reopen",
+            study_config={**STUDY_CONFIG, "num_samples": 4},
+            storage_root=storage_root,
         ).start()
     resumed.finish()
 
@@ -146,13 +157,14 @@ def test_best_trial_and_pull_embedded(storage_root: Path, tmp_path: Path) -> Non
     assert find_best_trial(uri, "best", mode="min").trial_id == "trial_0000"
 
     pulled = pull_best_mask(uri, "best", tmp_path / "pulled", with_weights=True)
+    assert Path(pulled.mask_path).read_bytes() == study.mask_bytes["trial_0001"]
     masks, header = load_masks(pulled.mask_path)
     assert all(masks[n].equal(m) for n, m in study.masks["trial_0001"].items())
     assert header["trial_id"] == "trial_0001" and header["method"] == "s2ap"
     assert pulled.payload_sha256 == study.mask_sha["trial_0001"]
     assert pulled.weights_path and os.path.exists(pulled.weights_path)
 
-    with pytest.raises(StudyNotFoundError, match="studies there: .*best"):
+    with pytest.raises(StudyNotFoundError, match=r"studies there: .*best"):
         find_best_trial(uri, "nope")
     with pytest.raises(NoFinishedTrialError, match="val_loss"):
         find_best_trial(uri, "best", metric="val_loss")

@@ -21,6 +21,7 @@ from tune.cluster import (
     LocalRayCluster,
     _psutil,
     check_storage_for_address,
+    main,
     ray_head_command,
     ray_worker_command,
 )
@@ -233,6 +234,14 @@ def test_local_cluster_runs_tasks_and_jobs_and_stops_every_process() -> None:
         assert status == JobStatus.SUCCEEDED, client.get_job_logs(job)
         assert "job says 42" in client.get_job_logs(job)
 
+        # The health check the container recipes run (`python -m tune.cluster health`).
+        health = [
+            "health",
+            f"--agent-port={cluster.dashboard_agent_listen_port}",
+            f"--dashboard-port={cluster.dashboard_port}",
+        ]
+        assert main(health) == 0
+
         started = cluster.pids()
         # head, GCS, raylet, dashboard at least; all found again by the session scan.
         assert len(started) >= 4
@@ -246,6 +255,7 @@ def test_local_cluster_runs_tasks_and_jobs_and_stops_every_process() -> None:
     ]
     assert alive == [], alive
     assert _session_leftovers(cluster.temp_dir, leader) == []
+    assert main(health) == 1
     # Informational: Ray's own SIGTERM teardown is expected to be enough.
     print("force-killed after SIGTERM:", cluster.force_killed)
     cluster.stop()  # idempotent

@@ -1,0 +1,478 @@
+"""The study file: a run config + a ``study:`` block + a ``search_space:`` block, validated up front.
+
+Layout of a study file (see ``configs/quickstart.yaml``)::
+
+    name: ...; seed: ...; data: ...; model: ...; threat: ...; dense: ...; pretrain: ...
+    prune: ...; finetune: ...; validation: ...; evaluate: ...   # the run config (RunConfig)
+    study: {...}                                                # StudySettings below
+    search_space: {prune.rho: {type: loguniform, low: 0.005, high: 0.5}, ...}
+
+:func:`load_study` reads the file, validates the run config, the study block and the search space
+(every path against :class:`RunConfig`, every corner of the space as a whole run config), and
+resolves every relative path against the study file's folder: Ray trials ``chdir`` into their
+own folders, so nothing a trial sees may be relative. It creates nothing; a bad field raises
+:class:`StudyError` whose message names the dotted field and the fix.
+
+Storage layout under ``study.storage_root`` (shared storage on a multi-node cluster)::
+
+    <storage_root>/
+      <study name>/          Ray Tune experiment (trials, checkpoints, experiment state)
+        study.json           the resolved study (what --resume compares against)
+        summary.json         best trial, validation and test numbers (after the search)
+      optuna.db              Optuna studies (one per study name): optuna-dashboard sqlite:////...
+      mlflow.db, mlartifacts/  MLflow store (unless study.tracking_uri / --tracking-uri)
+      dense/<hash>.pt        dense models pretrained by a `pretrain` block, shared by studies
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from s2ap.config import ConfigError, RunConfig, config_hash, format_validation_error, set_dotted
+from tune.search import (
+    ObjectiveConfig,
+    SchedulerConfig,
+    SearcherConfig,
+    SearchSpace,
+    check_searcher,
+    parse_search_space,
+)
+
+__all__ = [
+    "REPORTED_METRICS",
+    "ResourcesConfig",
+    "Study",
+    "StudyError",
+    "StudySettings",
+    "TestEvalConfig",
+    "load_study",
+]
+
+
+class StudyError(ConfigError):
+    """A problem with a study (file, storage, cluster) that the user can fix; exit code 2."""
+
+
+#: Metrics every trial reports (Ray result keys); objectives must be among them. Prune-phase
+#: metrics keep their last prune-epoch value during finetune epochs, so they can be objectives.
+REPORTED_METRICS = frozenset({
+    "val_robust_acc",
+    "val_clean_acc",
+    "best_val_robust_acc",
+    "train_robust_loss",
+    "mask_hamming",
+    "sharpness",
+    "sparsity",
+    "epoch_time_s",
+    "images_per_s",
+    "val_robust_acc_std",
+    "val_clean_acc_std",
+    "mask_hamming_seeds",
+})
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ResourcesConfig(_Strict):
+    """What one trial reserves. ``gpu`` may be a fraction (< 1): trials then share a GPU and each
+    caps its CUDA memory to that share (``torch.cuda.set_per_process_memory_fraction``)."""
+
+    cpu: float = Field(1.0, gt=0.0)
+    gpu: float = Field(0.0, ge=0.0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError("more than one GPU per trial must be a whole number (e.g. 2)")
+        return v
+
+
+class TestEvalConfig(_Strict):
+    """Test-set evaluation of the best trial's selected model after the search.
+
+    Unset fields keep the run config's ``evaluate:`` section.
+    """
+
+    __test__ = False  # not a pytest class
+
+    enabled: bool = True
+    autoattack: bool | None = None
+    n_examples: int | None = Field(None, ge=1)
+    pgd_steps: int | None = Field(None, ge=1)
+
+
+class CheckpointSettings(_Strict):
+    """How often trials checkpoint (epochs) and how many checkpoints each keeps."""
+
+    frequency: int = Field(1, ge=1)
+    num_to_keep: int = Field(1, ge=1)
+
+
+class StudySettings(_Strict):
+    """The ``study:`` block."""
+
+    name: str | None = None
+    storage_root: str = "./studies"
+    num_samples: int = Field(8, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    searcher: SearcherConfig = Field(default_factory=SearcherConfig)
+    objectives: list[ObjectiveConfig] = Field(
+        default_factory=lambda: [ObjectiveConfig()], min_length=1
+    )
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    trainable: Literal["pipeline", "prune"] = "pipeline"
+    tracking_uri: str | None = None
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="replicates: each sampled configuration runs once per seed inside one "
+        "trial and reports the mean (and the spread) over seeds",
+    )
+    allow_cpu_fallback: bool = False
+    test_eval: TestEvalConfig = Field(default_factory=TestEvalConfig)
+    checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
+    max_failures: int = Field(0, ge=0)
+    time_budget_s: float | None = Field(None, gt=0)
+    reuse_actors: bool = True
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.fullmatch(v):
+            raise ValueError(
+                "use letters, digits, '_', '.' or '-' (it names a folder, an MLflow experiment "
+                "and an Optuna study)"
+            )
+        return v
+
+    @field_validator("storage_root")
+    @classmethod
+    def _local_root(cls, v: str) -> str:
+        if "://" in v and not v.startswith("file://"):
+            raise ValueError(
+                "must be a path (local, or a shared mount such as NFS at the same path on every "
+                "node); object storage URIs are not supported for the study's databases"
+            )
+        return v.removeprefix("file://")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if any(s < 0 for s in v):
+                raise ValueError("seeds must be non-negative integers")
+            if len(set(v)) != len(v):
+                raise ValueError(f"seeds must be distinct, got {v}")
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[ObjectiveConfig]) -> list[ObjectiveConfig]:
+        seen = set()
+        for o in v:
+            if o.metric.startswith("test_"):
+                raise ValueError(
+                    f"{o.metric!r}: the test set is never used for selection; use a validation "
+                    "metric such as val_robust_acc"
+                )
+            if o.metric not in REPORTED_METRICS:
+                raise ValueError(
+                    f"unknown metric {o.metric!r}; trials report {', '.join(sorted(REPORTED_METRICS))}"
+                )
+            if o.metric in seen:
+                raise ValueError(f"metric {o.metric!r} is listed twice")
+            seen.add(o.metric)
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> StudySettings:
+        multi = [o.metric for o in self.objectives if o.metric.endswith("_std") or o.metric == "mask_hamming_seeds"]
+        if multi and not (self.seeds and len(self.seeds) > 1):
+            raise ValueError(
+                f"objectives {multi} need several seeds; set study.seeds (e.g. [0, 1, 2])"
+            )
+        return self
+
+
+@dataclasses.dataclass
+class Study:
+    """A validated study: everything the service needs, with absolute paths."""
+
+    path: Path | None
+    """The study file (``None`` when built from a dict)."""
+    name: str
+    settings: StudySettings
+    run_config: RunConfig
+    """The base run config (before sampling); relative paths resolved."""
+    space: SearchSpace
+    storage_root: Path
+    raw: dict[str, Any]
+    """The file's content (as read), for the MLflow study run."""
+
+    # --- layout ---------------------------------------------------------------------------
+    @property
+    def experiment_dir(self) -> Path:
+        """The Ray Tune experiment folder (``<storage_root>/<name>``)."""
+        return self.storage_root / self.name
+
+    @property
+    def optuna_path(self) -> Path:
+        return self.storage_root / "optuna.db"
+
+    @property
+    def optuna_url(self) -> str:
+        return f"sqlite:///{self.optuna_path}"
+
+    @property
+    def dense_dir(self) -> Path:
+        return self.storage_root / "dense"
+
+    @property
+    def study_json(self) -> Path:
+        return self.experiment_dir / "study.json"
+
+    @property
+    def summary_json(self) -> Path:
+        return self.experiment_dir / "summary.json"
+
+    @property
+    def folder(self) -> Path:
+        """The folder relative paths are resolved against (the study file's folder)."""
+        return self.path.parent if self.path else Path.cwd()
+
+    # --- derived ----------------------------------------------------------------------------
+    @property
+    def phases(self) -> tuple[str, ...]:
+        return ("prune",) if self.settings.trainable == "prune" else ("prune", "finetune")
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.settings.seeds or [self.run_config.seed])
+
+    @property
+    def epochs_per_trial(self) -> int:
+        """Tune iterations of a trial that is never stopped early (one per epoch)."""
+        return sum(getattr(self.run_config, p).epochs for p in self.phases)
+
+    @property
+    def objective(self) -> ObjectiveConfig:
+        """The first objective: what ASHA compares and what picks the best trial."""
+        return self.settings.objectives[0]
+
+    def base_dict(self) -> dict[str, Any]:
+        return self.run_config.model_dump(mode="json")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must not change between a study's start and ``--resume`` (JSON-able)."""
+        s = self.settings.model_dump(mode="json", exclude={"test_eval", "max_failures"})
+        return {
+            "name": self.name,
+            "run_config": self.base_dict(),
+            "study": s,
+            "search_space": self.space.to_dict(),
+        }
+
+    def fingerprint_hash(self) -> str:
+        return config_hash(self.fingerprint())
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve(folder: Path, value: str | None) -> str | None:
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (folder / p).resolve())
+
+
+def load_study(
+    path: str | Path | None = None,
+    *,
+    raw: dict[str, Any] | None = None,
+    overrides: dict[str, Any] | None = None,
+    folder: str | Path | None = None,
+) -> Study:
+    """Read and validate a study file (or a ``raw`` dict); create nothing.
+
+    ``overrides`` are ``{dotted path: value}`` applied before validation (``study.num_samples``,
+    ``prune.epochs``, ...). Raises :class:`StudyError` naming the field and the fix.
+    """
+    source = str(path) if path is not None else "study"
+    if raw is None:
+        if path is None:
+            raise StudyError("load_study: pass a study file path or raw=")
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise StudyError(f"{p}: no such study file") from None
+        except IsADirectoryError:
+            raise StudyError(f"{p}: is a folder; pass the study's YAML file") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise StudyError(f"{p}: not valid YAML: {exc}") from None
+        study_path: Path | None = p.resolve()
+    else:
+        study_path = Path(path).resolve() if path is not None else None
+    if not isinstance(raw, dict):
+        raise StudyError(f"{source}: expected a mapping at the top level")
+    raw = copy.deepcopy(raw)
+    for key, value in (overrides or {}).items():
+        try:
+            set_dotted(raw, key, value)
+        except ConfigError as exc:
+            raise StudyError(f"override {key}: {exc}") from None
+    base_folder = Path(folder).resolve() if folder else (study_path.parent if study_path else Path.cwd())
+
+    study_raw = raw.pop("study", None) or {}
+    space_raw = raw.pop("search_space", None)
+    if not isinstance(study_raw, dict):
+        raise StudyError(f"{source}: study: expected a mapping (name, storage_root, num_samples, ...)")
+
+    try:
+        settings = StudySettings.model_validate(study_raw)
+    except ValidationError as exc:
+        raise StudyError(format_validation_error(exc, f"{source}: study")) from None
+    try:
+        run_config = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise StudyError(format_validation_error(exc, source)) from None
+
+    # Paths a trial reads: absolute, relative to the study file's folder.
+    updates: dict[str, Any] = {}
+    if run_config.data.root is not None:
+        updates["data"] = run_config.data.model_copy(
+            update={"root": _resolve(base_folder, run_config.data.root)}
+        )
+    if run_config.dense.checkpoint is not None:
+        ckpt = _resolve(base_folder, run_config.dense.checkpoint)
+        if not Path(ckpt).is_file():
+            raise StudyError(
+                f"{source}: dense.checkpoint: {ckpt} does not exist; give the path of the dense "
+                "model's state dict (relative to the study file), or remove dense.checkpoint to "
+                "pretrain one with the pretrain section"
+            )
+        updates["dense"] = run_config.dense.model_copy(update={"checkpoint": ckpt})
+    if updates:
+        run_config = run_config.model_copy(update=updates)
+
+    name = settings.name or (study_path.stem if study_path else run_config.name)
+    if not _NAME.fullmatch(name):
+        raise StudyError(
+            f"{source}: study.name: {name!r} is not a valid study name; set study.name to "
+            "letters, digits, '_', '.' or '-'"
+        )
+    storage_root = Path(_resolve(base_folder, settings.storage_root) or "")
+
+    try:
+        space = parse_search_space(space_raw, where=f"{source}: search_space")
+        check_searcher(settings.searcher, settings.objectives, space)
+        if settings.seeds and "seed" in space.params:
+            raise ConfigError(
+                f"{source}: search_space: seed: cannot be searched together with study.seeds "
+                "(replicates); remove one of them"
+            )
+        space.validate_against(run_config.model_dump(mode="json"), where=f"{source}: search_space")
+    except StudyError:
+        raise
+    except ConfigError as exc:
+        raise StudyError(str(exc)) from None
+
+    _check_cross(settings, run_config, source)
+    return Study(
+        path=study_path,
+        name=name,
+        settings=settings,
+        run_config=run_config,
+        space=space,
+        storage_root=storage_root,
+        raw={**raw, "study": study_raw, "search_space": space_raw},
+    )
+
+
+def _check_cross(settings: StudySettings, cfg: RunConfig, source: str) -> None:
+    """Checks that need the run config and the study block together."""
+    phases = ("prune",) if settings.trainable == "prune" else ("prune", "finetune")
+    if cfg.prune.epochs < 1:
+        raise StudyError(
+            f"{source}: prune.epochs: is 0, so trials would have no mask to search; set it >= 1"
+        )
+    total = sum(getattr(cfg, p).epochs for p in phases)
+    sch = settings.scheduler
+    if sch.kind == "asha":
+        max_t = sch.max_t or total
+        if sch.time_attr == "training_iteration" and sch.grace_period > max_t:
+            raise StudyError(
+                f"{source}: study.scheduler.grace_period: {sch.grace_period} is more than the "
+                f"{max_t} epochs a trial runs; lower it (or raise the epochs)"
+            )
+        if sch.time_attr != "training_iteration" and sch.max_t is None:
+            raise StudyError(
+                f"{source}: study.scheduler.max_t: required when time_attr is {sch.time_attr!r}"
+            )
+    if cfg.device.startswith("cuda") and settings.resources.gpu == 0:
+        raise StudyError(
+            f"{source}: device: {cfg.device!r} but study.resources.gpu is 0, so Ray gives trials "
+            "no GPU; set study.resources.gpu (e.g. 1 or 0.5) or device: auto"
+        )
+    if cfg.device == "cpu" and settings.resources.gpu > 0:
+        raise StudyError(
+            f"{source}: device: cpu but study.resources.gpu is {settings.resources.gpu}; set "
+            "device: auto (trials use the GPU Ray assigns) or resources.gpu: 0"
+        )
+    if cfg.device == "mps":
+        raise StudyError(f"{source}: device: mps is not supported in studies; use auto")
+
+
+def write_study_json(study: Study) -> None:
+    """Record the resolved study in its experiment folder (atomically)."""
+    import os
+    import tempfile
+
+    study.experiment_dir.mkdir(parents=True, exist_ok=True)
+    data = {
+        "study_file": str(study.path) if study.path else None,
+        "fingerprint": study.fingerprint(),
+        "fingerprint_hash": study.fingerprint_hash(),
+    }
+    fd, tmp = tempfile.mkstemp(dir=study.experiment_dir, prefix=".study-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, study.study_json)
+
+
+def read_study_json(experiment_dir: Path) -> dict[str, Any] | None:
+    path = experiment_dir / "study.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def fingerprint_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two fingerprints."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes.extend(fingerprint_changes(a, b, name + "."))
+        elif a != b:
+            changes.append(f"{name} ({a!r} -> {b!r})")
+    return changes
