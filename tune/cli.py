@@ -91,12 +91,12 @@ def _tracking_uri_for(study: Any, override: str | None) -> str:
         raise UserError(f"tracking_uri: {exc}") from None
 
 
-def _study_or_name(arg: str, tracking_uri: str | None) -> tuple[str, str, Any]:
+def _study_or_name(
+    arg: str, tracking_uri: str | None, storage_root: str | None = None
+) -> tuple[str, str, Any]:
     """(study name, tracking URI, Study or None) from a study file, or a name + --tracking-uri."""
-    from tune.study import load_study
-
     if Path(arg).is_file():
-        study = load_study(arg)
+        study = _load(argparse.Namespace(study=arg, storage_root=storage_root))
         return study.name, _tracking_uri_for(study, tracking_uri), study
     if not tracking_uri:
         raise UserError(
@@ -187,8 +187,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     best = status["best"]
     if best:
         obj = study.objective
-        print(f"\nbest trial: {best['trial_id']} ({obj.metric} {obj.mode} = "
-              f"{best['metrics'].get(obj.metric)})")
+        print(
+            f"\nbest trial: {best['trial_id']} ({obj.metric} {obj.mode} = "
+            f"{best['metrics'].get(obj.metric)})"
+        )
         for k, v in best["config"].items():
             print(f"  {k} = {v!r}")
         if status.get("test"):
@@ -238,7 +240,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_masks_pull(args: argparse.Namespace) -> int:
     from tracking.pull import pull_best_mask
 
-    name, uri, study = _study_or_name(args.study, args.tracking_uri)
+    name, uri, study = _study_or_name(args.study, args.tracking_uri, args.storage_root)
     metric = args.metric or (study.objective.metric if study else "val_robust_acc")
     mode = args.mode or (study.objective.mode if study else "max")
     out = Path(args.out).absolute()
@@ -250,8 +252,10 @@ def cmd_masks_pull(args: argparse.Namespace) -> int:
     )
     header = pulled.header
     print(f"best trial {pulled.trial_id} (run {pulled.run_id}) by {metric} {mode}")
-    print(f"mask:    {pulled.mask_path}  (sparsity {header.get('global_sparsity', float('nan')):.4f}, "
-          f"{header.get('architecture', '?')} on {header.get('dataset', '?')}, {header.get('method', '?')})")
+    print(
+        f"mask:    {pulled.mask_path}  (sparsity {header.get('global_sparsity', float('nan')):.4f}, "
+        f"{header.get('architecture', '?')} on {header.get('dataset', '?')}, {header.get('method', '?')})"
+    )
     if pulled.weights_path:
         print(f"weights: {pulled.weights_path}")
     print(f"info:    {pulled.info_path}")
@@ -305,8 +309,10 @@ def cmd_masks_apply(args: argparse.Namespace) -> int:
                 os.unlink(tmp)
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
-    print(f"wrote {out}: {len(masks)} masked layers, sparsity {1 - kept / max(total, 1):.4f} "
-          f"({header.get('method', '?')} mask of {header.get('architecture', '?')})")
+    print(
+        f"wrote {out}: {len(masks)} masked layers, sparsity {1 - kept / max(total, 1):.4f} "
+        f"({header.get('method', '?')} mask of {header.get('architecture', '?')})"
+    )
     return 0
 
 
@@ -346,7 +352,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
     db = Path(uri.removeprefix("sqlite:///"))
     if uri.startswith("sqlite:///") and not db.is_file():
-        raise UserError(f"no MLflow store at {db} yet; run the study first (s2ap tune {args.study})")
+        raise UserError(
+            f"no MLflow store at {db} yet; run the study first (s2ap tune {args.study})"
+        )
     log_dir = study.storage_root / ".mlflow-ui"
     log_dir.mkdir(parents=True, exist_ok=True)
     server = MlflowServer(
@@ -401,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="launch (or --resume) a study")
     _add_study_args(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
-    p.add_argument("--overwrite", action="store_true", help="delete the study's results, start over")
+    p.add_argument(
+        "--overwrite", action="store_true", help="delete the study's results, start over"
+    )
     p.add_argument(
         "--address",
         help="join a Ray cluster (auto, or HOST:PORT of the head); default: a local Ray runtime",
@@ -421,7 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the storage root is shared storage on every node (silences the multi-node warning)",
     )
-    p.add_argument("--no-test-eval", action="store_true", help="skip the best trial's test evaluation")
+    p.add_argument(
+        "--no-test-eval", action="store_true", help="skip the best trial's test evaluation"
+    )
     p.add_argument("-v", "--verbose", type=int, default=1, choices=(0, 1, 2, 3), help="Tune output")
     p.add_argument("-q", "--quiet", action="store_true", help="Tune output off (verbose 0)")
     p.set_defaults(func=cmd_tune)
@@ -429,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="submit a study to a Ray cluster as a Ray Job")
     _add_study_args(p)
     p.add_argument("--address", required=True, help="the head's dashboard URL, http://HEAD:8265")
-    p.add_argument("--working-dir", help="folder uploaded with the job (default: the study's folder)")
+    p.add_argument(
+        "--working-dir", help="folder uploaded with the job (default: the study's folder)"
+    )
     p.add_argument("--tracking-uri", help="MLflow tracking URI the job uses")
     p.add_argument("--resume", action="store_true", help="the job resumes the study")
     p.add_argument("--overwrite", action="store_true", help="the job starts the study over")
@@ -441,7 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("evaluate", help="test-set evaluation of a trial's checkpoint (default: best)")
+    p = sub.add_parser(
+        "evaluate", help="test-set evaluation of a trial's checkpoint (default: best)"
+    )
     _add_study_args(p)
     p.add_argument("--trial", help="trial id (default: the best completed trial)")
     p.add_argument("--n-examples", type=int)
@@ -454,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = masks.add_parser("pull", help="download the best trial's mask from MLflow")
     p.add_argument("study", help="the study file, or the study name with --tracking-uri")
+    p.add_argument("--storage-root", help="override study.storage_root (relative to the cwd)")
     p.add_argument("--metric", help="selection metric (default: the study's first objective)")
     p.add_argument("--mode", choices=("max", "min"))
     p.add_argument("--tracking-uri")
@@ -476,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_masks_diff)
 
     p = sub.add_parser("ui", help="open the MLflow UI of a study's store on 127.0.0.1")
-    p.add_argument("study")
+    _add_study_args(p)
     p.add_argument("--tracking-uri")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=None)

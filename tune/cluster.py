@@ -77,7 +77,7 @@ def _check_port(name: str, value: int | str) -> None:
         if value.startswith("${"):
             return
         if not value.isdigit():
-            raise ValueError(f"{name} must be a port number (1-65535), got {value!r}")
+            raise ValueError(f"{name} must be a port number (0-65535; 0 = pick one), got {value!r}")
         value = int(value)
     if isinstance(value, bool) or not 0 <= value <= 65535:
         raise ValueError(f"{name} must be a port number (0-65535; 0 = pick one), got {value!r}")

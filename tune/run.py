@@ -112,6 +112,16 @@ def _write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def _truncate_metrics(path: Path, last_epoch: int) -> None:
+    """Drop lines of epochs after the checkpoint (written just before a kill), so none repeats."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln)["epoch"] <= last_epoch]
+    if len(kept) != len(lines):
+        path.write_text("".join(ln + "\n" for ln in kept))
+
+
 def run_to_folder(
     cfg: RunConfig,
     out: Path,
@@ -131,6 +141,7 @@ def run_to_folder(
     if resume:
         state = torch.load(out / CHECKPOINT, map_location=pipeline.device, weights_only=True)
         pipeline.load_state_dict(state)
+        _truncate_metrics(out / "metrics.jsonl", pipeline.global_epoch)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=pipeline.global_epoch, disable=not progress, unit="epoch")

@@ -206,7 +206,11 @@ def check_run_config_path(path: str, *, where: str = "search_space") -> None:
         fields = {name: f for m in models for name, f in m.model_fields.items()}
         if part not in fields:
             close = difflib.get_close_matches(part, list(fields), n=3)
-            hint = f"; did you mean {', '.join('.'.join([*parts[:i], c]) for c in close)}?" if close else ""
+            hint = (
+                f"; did you mean {', '.join('.'.join([*parts[:i], c]) for c in close)}?"
+                if close
+                else ""
+            )
             raise ConfigError(
                 f"{where}: {path}: unknown field {part!r} in {section} "
                 f"(valid fields: {', '.join(sorted(fields))}){hint}"
@@ -442,7 +446,9 @@ SAMPLER_PACKAGES: dict[str, tuple[str, str]] = {
 }
 
 
-def check_searcher(cfg: SearcherConfig, objectives: list[ObjectiveConfig], space: SearchSpace) -> None:
+def check_searcher(
+    cfg: SearcherConfig, objectives: list[ObjectiveConfig], space: SearchSpace
+) -> None:
     """Raise :class:`ConfigError` if the searcher cannot run this study (before Ray starts)."""
     import importlib.util
 

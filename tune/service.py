@@ -180,13 +180,15 @@ def dense_cache_key(study: Study) -> str:
     from tracking.artifacts import config_hash
 
     cfg = study.run_config
-    return config_hash({
-        "data": cfg.data.model_dump(mode="json", exclude={"eval_batch_size"}),
-        "model": cfg.model.model_dump(mode="json"),
-        "threat": cfg.threat.model_dump(mode="json"),
-        "pretrain": cfg.pretrain.model_dump(mode="json"),
-        "seed": cfg.seed,
-    })
+    return config_hash(
+        {
+            "data": cfg.data.model_dump(mode="json", exclude={"eval_batch_size"}),
+            "model": cfg.model.model_dump(mode="json"),
+            "threat": cfg.threat.model_dump(mode="json"),
+            "pretrain": cfg.pretrain.model_dump(mode="json"),
+            "seed": cfg.seed,
+        }
+    )
 
 
 def _prepare_dense(study: Study, tracker: Any, out: IO[str]) -> tuple[str | None, str | None]:
@@ -215,8 +217,7 @@ def _prepare_dense(study: Study, tracker: Any, out: IO[str]) -> tuple[str | None
     else:
         res = study.settings.resources
         print(
-            f"dense model: pretraining {cfg.pretrain.epochs} epochs once for the study "
-            f"(-> {path})",
+            f"dense model: pretraining {cfg.pretrain.epochs} epochs once for the study (-> {path})",
             file=out,
             flush=True,
         )
@@ -252,7 +253,11 @@ def _prepare_dense(study: Study, tracker: Any, out: IO[str]) -> tuple[str | None
         records = json.loads(meta_path.read_text()).get("records", [])
         for r in records:
             tracker.log_metrics(
-                {f"pretrain/{k}": v for k, v in r.items() if k in ("val_clean_acc", "val_robust_acc", "train_robust_loss")},
+                {
+                    f"pretrain/{k}": v
+                    for k, v in r.items()
+                    if k in ("val_clean_acc", "val_robust_acc", "train_robust_loss")
+                },
                 step=int(r.get("epoch", 0)),
             )
     return str(path), file_sha256(path)[:16]
@@ -376,27 +381,29 @@ def _trial_rows(study: Study, trials: list[Any]) -> list[dict[str, Any]]:
         last = t.last_result or {}
         config = {k: v for k, v in (t.config or {}).items() if k in study.space.params}
         epochs = int(last.get("training_iteration", 0) or 0)
-        rows.append({
-            "trial_id": t.trial_id,
-            "state": t.status,
-            "epochs": epochs,
-            "completed": epochs >= study.epochs_per_trial and t.status == "TERMINATED",
-            "config": config,
-            "metrics": {
-                k: _value(last, k)
-                for k in (
-                    "val_robust_acc",
-                    "val_clean_acc",
-                    "best_val_robust_acc",
-                    "sparsity",
-                    "mask_hamming",
-                    "sharpness",
-                    *[o.metric for o in study.settings.objectives],
-                )
-            },
-            "checkpoint": (t.checkpoint.path if getattr(t, "checkpoint", None) else None),
-            "error": t.error_file if t.status == "ERROR" else None,
-        })
+        rows.append(
+            {
+                "trial_id": t.trial_id,
+                "state": t.status,
+                "epochs": epochs,
+                "completed": epochs >= study.epochs_per_trial and t.status == "TERMINATED",
+                "config": config,
+                "metrics": {
+                    k: _value(last, k)
+                    for k in (
+                        "val_robust_acc",
+                        "val_clean_acc",
+                        "best_val_robust_acc",
+                        "sparsity",
+                        "mask_hamming",
+                        "sharpness",
+                        *[o.metric for o in study.settings.objectives],
+                    )
+                },
+                "checkpoint": (t.checkpoint.path if getattr(t, "checkpoint", None) else None),
+                "error": t.error_file if t.status == "ERROR" else None,
+            }
+        )
     return rows
 
 
@@ -437,17 +444,25 @@ def format_trials_table(study: Study, rows: list[dict[str, Any]]) -> str:
     """A plain-text table of the trials (for ``s2ap status`` and the end of ``s2ap tune``)."""
     keys = study.space.keys
     obj_cols = [o.metric for o in study.settings.objectives]
-    cols = ["trial", "state", "epochs", *keys, *dict.fromkeys([*obj_cols, "best_val_robust_acc", "sparsity"])]
+    cols = [
+        "trial",
+        "state",
+        "epochs",
+        *keys,
+        *dict.fromkeys([*obj_cols, "best_val_robust_acc", "sparsity"]),
+    ]
     table = [cols]
     for r in rows:
         state = r["state"] + ("" if r["completed"] or r["state"] != "TERMINATED" else " (stopped)")
-        table.append([
-            r["trial_id"],
-            state,
-            str(r["epochs"]),
-            *[_fmt(r["config"].get(k)) for k in keys],
-            *[_fmt(r["metrics"].get(c)) for c in cols[3 + len(keys) :]],
-        ])
+        table.append(
+            [
+                r["trial_id"],
+                state,
+                str(r["epochs"]),
+                *[_fmt(r["config"].get(k)) for k in keys],
+                *[_fmt(r["metrics"].get(c)) for c in cols[3 + len(keys) :]],
+            ]
+        )
     widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
 
@@ -537,14 +552,18 @@ def _print_summary(study: Study, summary: dict[str, Any], out: IO[str]) -> None:
             print(
                 f"  test ({int(t.get('test_examples', 0))} examples): clean "
                 f"{_fmt(t.get('test_clean_acc'))}, PGD-{study.run_config.evaluate.pgd_steps if not study.settings.test_eval.pgd_steps else study.settings.test_eval.pgd_steps} "
-                f"{_fmt(t.get('test_pgd_acc'))}" + (f", AutoAttack {_fmt(aa)}" if aa is not None else ""),
+                f"{_fmt(t.get('test_pgd_acc'))}"
+                + (f", AutoAttack {_fmt(aa)}" if aa is not None else ""),
                 file=out,
             )
     else:
         print("no trial completed, so there is no best trial", file=out)
     if len(study.settings.objectives) > 1 and summary.get("pareto"):
-        print(f"Pareto front ({', '.join(o.metric for o in study.settings.objectives)}): "
-              f"{', '.join(summary['pareto'])}", file=out)
+        print(
+            f"Pareto front ({', '.join(o.metric for o in study.settings.objectives)}): "
+            f"{', '.join(summary['pareto'])}",
+            file=out,
+        )
     print("", file=out)
     print("results:", file=out)
     print(f"  trials, checkpoints:  {study.experiment_dir}", file=out)
@@ -579,6 +598,9 @@ def run_study(
     from tune.trainable import S2APTrainable, make_trial_context
 
     options = options or LaunchOptions()
+    # With a checkpoint per epoch, Tune snapshots the experiment often; that is wanted (resume
+    # loses nothing) and cheap here, so its "excessive snapshots" warning is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     out = out or sys.stdout
     err = err or sys.stderr
     settings = study.settings
@@ -750,7 +772,9 @@ def run_study(
             tracker.log_params({"best": best["config"]})
         tracker.log_artifact(study.summary_json)
         with _suppress_all():
-            tracker.log_study_plots(hyperparameters=tuple(k.split(".")[-1] for k in study.space.keys))
+            tracker.log_study_plots(
+                hyperparameters=tuple(k.split(".")[-1] for k in study.space.keys)
+            )
         _print_summary(study, summary, out)
         code = 0 if n_err == 0 else 1
         tracker.finish("FINISHED" if code == 0 else "FAILED")
@@ -771,7 +795,7 @@ def run_study(
             ray.shutdown()
 
 
-class _suppress_all:  # noqa: N801 - a context manager
+class _suppress_all:
     def __enter__(self) -> None:
         return None
 
@@ -784,10 +808,10 @@ class _suppress_all:  # noqa: N801 - a context manager
 
 def _grid_trials(results: Any) -> list[Any]:
     """The Trial objects behind a ResultGrid (status, config, last result, checkpoint)."""
-    trials = getattr(results, "_trials", None)
-    if trials is None:
+    analysis = getattr(results, "_experiment_analysis", None)
+    if analysis is None:
         raise RuntimeError("this Ray version's ResultGrid does not expose its trials")
-    return list(trials)
+    return list(analysis.trials)
 
 
 def _error_text(error_file: str | None) -> str:

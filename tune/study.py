@@ -63,20 +63,22 @@ class StudyError(ConfigError):
 
 #: Metrics every trial reports (Ray result keys); objectives must be among them. Prune-phase
 #: metrics keep their last prune-epoch value during finetune epochs, so they can be objectives.
-REPORTED_METRICS = frozenset({
-    "val_robust_acc",
-    "val_clean_acc",
-    "best_val_robust_acc",
-    "train_robust_loss",
-    "mask_hamming",
-    "sharpness",
-    "sparsity",
-    "epoch_time_s",
-    "images_per_s",
-    "val_robust_acc_std",
-    "val_clean_acc_std",
-    "mask_hamming_seeds",
-})
+REPORTED_METRICS = frozenset(
+    {
+        "val_robust_acc",
+        "val_clean_acc",
+        "best_val_robust_acc",
+        "train_robust_loss",
+        "mask_hamming",
+        "sharpness",
+        "sparsity",
+        "epoch_time_s",
+        "images_per_s",
+        "val_robust_acc_std",
+        "val_clean_acc_std",
+        "mask_hamming_seeds",
+    }
+)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -200,7 +202,11 @@ class StudySettings(_Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> StudySettings:
-        multi = [o.metric for o in self.objectives if o.metric.endswith("_std") or o.metric == "mask_hamming_seeds"]
+        multi = [
+            o.metric
+            for o in self.objectives
+            if o.metric.endswith("_std") or o.metric == "mask_hamming_seeds"
+        ]
         if multi and not (self.seeds and len(self.seeds) > 1):
             raise ValueError(
                 f"objectives {multi} need several seeds; set study.seeds (e.g. [0, 1, 2])"
@@ -338,12 +344,16 @@ def load_study(
             set_dotted(raw, key, value)
         except ConfigError as exc:
             raise StudyError(f"override {key}: {exc}") from None
-    base_folder = Path(folder).resolve() if folder else (study_path.parent if study_path else Path.cwd())
+    base_folder = (
+        Path(folder).resolve() if folder else (study_path.parent if study_path else Path.cwd())
+    )
 
     study_raw = raw.pop("study", None) or {}
     space_raw = raw.pop("search_space", None)
     if not isinstance(study_raw, dict):
-        raise StudyError(f"{source}: study: expected a mapping (name, storage_root, num_samples, ...)")
+        raise StudyError(
+            f"{source}: study: expected a mapping (name, storage_root, num_samples, ...)"
+        )
 
     try:
         settings = StudySettings.model_validate(study_raw)

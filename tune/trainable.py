@@ -112,7 +112,9 @@ def make_trial_context(
     }
 
 
-def trial_device(gpu_request: float, allow_cpu_fallback: bool) -> tuple[torch.device, dict[str, str]]:
+def trial_device(
+    gpu_request: float, allow_cpu_fallback: bool
+) -> tuple[torch.device, dict[str, str]]:
     """The device of a trial: CUDA iff Ray assigned it GPUs; fail loudly if torch cannot see them.
 
     Ray sets ``CUDA_VISIBLE_DEVICES`` of the trial's process to its GPUs, so ``cuda:0`` is the
@@ -163,7 +165,8 @@ def _data_key(cfg: RunConfig) -> str:
     from s2ap.config import config_hash
 
     d = cfg.data.model_dump(
-        mode="json", include={"source", "root", "download", "val_size", "split_seed", "in_memory", "options"}
+        mode="json",
+        include={"source", "root", "download", "val_size", "split_seed", "in_memory", "options"},
     )
     return config_hash(d)
 
@@ -401,7 +404,9 @@ class S2APTrainable(tune.Trainable):
             "architecture": self.cfg.model.arch,
             "dataset": self.cfg.data.source,
             "method": _method(self.cfg),
-            "config_hash": config_hash(self.cfg.model_copy(update={"seed": seed}).model_dump(mode="json")),
+            "config_hash": config_hash(
+                self.cfg.model_copy(update={"seed": seed}).model_dump(mode="json")
+            ),
             "dense_hash": self._ctx.get("dense_hash"),
             "target_sparsity": self.cfg.prune.sparsity,
             "seed": seed,
@@ -512,8 +517,12 @@ def load_trial_checkpoint(
         dense = cached_dense(cfg.dense.checkpoint)
     pipelines = []
     for seed, pstate in zip(info["seeds"], state["pipelines"]):
-        seeded = cfg.model_copy(update={"seed": seed, "dense": cfg.dense.model_copy(update={"checkpoint": None})})
-        p = Pipeline(seeded, data=data, dense_state=dense, device=device, phases=tuple(info["phases"]))
+        seeded = cfg.model_copy(
+            update={"seed": seed, "dense": cfg.dense.model_copy(update={"checkpoint": None})}
+        )
+        p = Pipeline(
+            seeded, data=data, dense_state=dense, device=device, phases=tuple(info["phases"])
+        )
         p.load_state_dict(pstate)
         pipelines.append(p)
     return pipelines

@@ -50,9 +50,7 @@ SECRET_KEY = re.compile(r"PASSWORD|TOKEN|SECRET", re.IGNORECASE)
 # Compose variable interpolation (the subset of the compose spec the file uses)
 # ---------------------------------------------------------------------------------------------
 
-_VAR = re.compile(
-    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
-)
+_VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
 
 
 def interpolate(value: Any, env: dict[str, str]) -> Any:
@@ -157,7 +155,7 @@ def test_compose_ray_workers_run_ray_worker_command(compose: dict[str, Any], nam
 def test_compose_mlflow_runs_mlflow_server_command(compose: dict[str, Any], env) -> None:
     mlflow = service(compose, "mlflow")
     backend = (
-        f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}"
+        f"postgresql+psycopg://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}"
         f"@postgres:5432/{env['POSTGRES_DB']}"
     )
     assert mlflow["command"] == mlflow_server_command(
@@ -169,6 +167,8 @@ def test_compose_mlflow_runs_mlflow_server_command(compose: dict[str, Any], env)
         allowed_hosts=MLFLOW_ALLOWED_HOSTS_COMPOSE,
     )
     assert mlflow_server_env().items() <= mlflow["environment"].items()
+    # SQLAlchemy 2.1 maps postgresql:// to psycopg 3: the URI names the driver the image installs.
+    assert "'psycopg[binary]==" in (DOCKER / "Dockerfile").read_text()
     assert {"source": "mlflow-artifacts", "target": "/mlflow"} == _mount(mlflow["volumes"][0])
     postgres = service(compose, "postgres")["environment"]
     assert (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], postgres["POSTGRES_DB"]) == (
@@ -185,6 +185,7 @@ def test_compose_mlflow_runs_mlflow_server_command(compose: dict[str, Any], env)
         (MLFLOW_ALLOWED_HOSTS_K8S, ["mlflow:5000", "mlflow.studies.svc.cluster.local:5000"]),
     ],
 )
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # sqlalchemy, via mlflow.server
 def test_mlflow_accepts_the_host_headers_of_its_clients(allowed, hosts) -> None:
     """MLflow 3.17 rejects unknown Host headers; the study reaches it as http://mlflow:5000."""
     from mlflow.server.security_utils import is_allowed_host_header
@@ -271,9 +272,7 @@ def test_compose_every_variable_is_documented_in_env_example(raw_compose) -> Non
     used = {m.group("name") for m in _VAR.finditer(text) if m.group("name")}
     # pg_isready's $${POSTGRES_USER} is the container's variable, escaped from compose.
     assert used <= documented, used - documented
-    required = {
-        m.group("name") for m in _VAR.finditer(text) if m.group("op") in (":?", "?")
-    }
+    required = {m.group("name") for m in _VAR.finditer(text) if m.group("op") in (":?", "?")}
     assert required == {"RAY_AUTH_TOKEN", "POSTGRES_PASSWORD"}
 
 
@@ -289,7 +288,7 @@ def test_compose_holds_no_secret(raw_compose) -> None:
             if SECRET_KEY.search(key):
                 assert re.fullmatch(r"\$\{[A-Z_]+(:?[-?][^}]*)?\}", str(value)), (name, key)
     backend = raw_compose["services"]["mlflow"]["command"][7]
-    assert backend.startswith("postgresql://${POSTGRES_USER")
+    assert backend.startswith("postgresql+psycopg://${POSTGRES_USER")
     assert ":${POSTGRES_PASSWORD:?" in backend
 
 
@@ -475,7 +474,9 @@ def _walk_env(node: Any) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 RECIPE_FILES = sorted(
-    p for p in DOCKER.rglob("*") if p.is_file() and p.suffix != ".md" and "__pycache__" not in str(p)
+    p
+    for p in DOCKER.rglob("*")
+    if p.is_file() and p.suffix != ".md" and "__pycache__" not in str(p)
 )
 
 
@@ -483,7 +484,9 @@ RECIPE_FILES = sorted(
 def test_no_literal_secret_in_recipe_files(path: Path) -> None:
     text = path.read_text()
     assert not re.search(r"\b[0-9a-f]{32,}\b", text), "hex token literal"
-    assert not re.search(r"postgres(ql)?://[^:$\s]+:[^$@\s]+@", text), "password in a URL"
+    for password in re.findall(r"postgres(?:ql)?(?:\+\w+)?://[^:$\s/]+:([^@\s]+)@", text):
+        # a ${VAR}/$(VAR) reference or an upper-case placeholder of the docs (PASSWORD)
+        assert re.fullmatch(r"\$[{(][A-Z_]+.*|[A-Z_]+", password), "password in a URL"
     assert not re.search(r"(?i)(password|token)\s*[:=]\s*['\"]?[A-Za-z0-9+/_-]{8,}", text)
 
 
