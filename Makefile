@@ -25,7 +25,7 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/hadolint docker/Dockerfile docker/Dockerfile.cpu
+	$(VENV)/bin/hadolint docker/Dockerfile
 
 format: install
 	$(VENV)/bin/ruff format .

@@ -161,6 +161,9 @@ class ValidationConfig(_Strict):
     sharpness_examples: PositiveInt = 256
     # One radius for every arm, so sharpness is comparable across rho values and methods.
     sharpness_rho: float = Field(0.1, gt=0.0)
+    # Power iterations for the top Hessian eigenvalue w.r.t. the scores, at the end of pruning
+    # (same fixed batch as sharpness); 0 skips it.
+    hessian_iters: NonNegInt = 20
 
 
 class EvaluateConfig(_Strict):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ from s2ap.masking import ScoreMasking
 from s2ap.metrics import (
     accuracy,
     autoattack_accuracy,
+    hessian_top_eigenvalue,
     mask_hamming,
     robust_accuracy,
     score_sharpness,
@@ -279,31 +280,45 @@ class PruneStage(TrainingStage):
             "mask_hamming": hamming,
             "sparsity": sparsity,
             "perturbing": float(self.update.perturbing),
-            "sharpness": self.sharpness(),
         }
+        v = self.cfg.validation
+        with self._fixed_batch_loss() as loss_fn:
+            out["sharpness"] = score_sharpness(
+                self.masking, loss_fn, rho=v.sharpness_rho, radius=self.cfg.prune.radius
+            )
+            if self.done and v.hessian_iters:
+                out["hessian_top_eig"] = self._hessian(loss_fn, v.hessian_iters)
         out.update({f"mask_hamming/{name}": d for name, d in per_layer.items()})
         return out
 
-    def sharpness(self) -> float:
-        """``L(s+z*) - L(s)`` on the first validation examples' PGD examples (eval mode)."""
+    @contextlib.contextmanager
+    def _fixed_batch_loss(self) -> Iterator[Callable[[], Tensor]]:
+        """Loss on PGD examples of the first validation examples, model in eval mode.
+
+        The same examples every epoch, so sharpness is comparable across epochs and trials.
+        """
         v = self.cfg.validation
         split = self.data.val.subset(min(v.sharpness_examples, len(self.data.val)))
         x, y = next(iter(split.batches(len(split))))
         was_training = self.model.training
         self.model.eval()
         try:
-            x_adv = make_objective("pgd", self.model, attack_settings(self.cfg.threat)).examples(
-                x, y
-            )
-
-            def loss_fn() -> Tensor:
-                return nn.functional.cross_entropy(self.model(x_adv), y)
-
-            return score_sharpness(
-                self.masking, loss_fn, rho=v.sharpness_rho, radius=self.cfg.prune.radius
-            )
+            pgd = make_objective("pgd", self.model, attack_settings(self.cfg.threat))
+            x_adv = pgd.examples(x, y)
+            yield lambda: nn.functional.cross_entropy(self.model(x_adv), y)
         finally:
             self.model.train(was_training)
+
+    def _hessian(self, loss_fn: Callable[[], Tensor], iters: int) -> float:
+        scores = self.masking.scores()
+        flags = [s.requires_grad for s in scores]
+        for s in scores:
+            s.requires_grad_(True)
+        try:
+            return hessian_top_eigenvalue(loss_fn, scores, iters=iters, seed=self.cfg.seed)
+        finally:
+            for s, flag in zip(scores, flags):
+                s.requires_grad_(flag)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

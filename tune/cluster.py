@@ -699,7 +699,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Dashboard/jobs: {cluster.dashboard_url}    (s2ap submit --address ...)")
         print(f"Logs:           {cluster.temp_dir}")
         print("Ctrl-C stops the cluster.", flush=True)
-        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT may be ignored in a background job
+            signal.signal(signum, _raise_keyboard_interrupt)
         with contextlib.suppress(KeyboardInterrupt):
             while cluster._proc is not None and cluster._proc.poll() is None:
                 time.sleep(1)

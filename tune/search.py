@@ -327,7 +327,8 @@ def parse_search_space(raw: Any, *, where: str = "search_space") -> SearchSpace:
         try:
             params[path] = adapter.validate_python(dict(spec))
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, f"{where}: {path}")) from None
+            text = format_validation_error(exc, where)
+            raise ConfigError(text.replace(f"{where}: ", f"{where}: {path}.", 1)) from None
     for a, b in itertools.permutations(params, 2):
         if b.startswith(a + "."):
             raise ConfigError(f"{where}: {a} and {b} overlap; search one or the other")

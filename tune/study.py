@@ -358,7 +358,7 @@ def load_study(
     try:
         settings = StudySettings.model_validate(study_raw)
     except ValidationError as exc:
-        raise StudyError(format_validation_error(exc, f"{source}: study")) from None
+        raise StudyError(format_errors(exc, source, "study.")) from None
     try:
         run_config = RunConfig.model_validate(raw)
     except ValidationError as exc:
@@ -413,6 +413,16 @@ def load_study(
         space=space,
         storage_root=storage_root,
         raw={**raw, "study": study_raw, "search_space": space_raw},
+    )
+
+
+def format_errors(err: ValidationError, source: str, prefix: str = "") -> str:
+    """Like :func:`s2ap.config.format_validation_error`, with ``prefix`` before each field."""
+    text = format_validation_error(err, source)
+    lead = f"{source}: "
+    return "\n".join(
+        lead + prefix + line[len(lead) :] if line.startswith(lead) else line
+        for line in text.splitlines()
     )
 
 

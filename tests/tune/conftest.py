@@ -60,10 +60,14 @@ TINY_STUDY: dict[str, Any] = {
 
 
 def write_study(folder: Path, updates: dict[str, Any] | None = None, name: str = "study.yaml") -> Path:
-    """Write TINY_STUDY (with ``{dotted: value}`` updates; value None deletes) to folder/name."""
+    """Write TINY_STUDY with updates to folder/name.
+
+    ``updates`` maps a path to a value (None deletes): ``"prune.epochs"`` (dotted), or with
+    ``/`` as separator where keys contain dots: ``"search_space/prune.rho/low"``.
+    """
     data = copy.deepcopy(TINY_STUDY)
     for dotted, value in (updates or {}).items():
-        *parents, leaf = dotted.split(".")
+        *parents, leaf = dotted.split("/") if "/" in dotted else dotted.split(".")
         node = data
         for part in parents:
             node = node.setdefault(part, {})

@@ -1,0 +1,127 @@
+"""A quickstart-sized study end to end on a local Ray runtime: Optuna proposes, ASHA stops,
+MLflow records, the best checkpoint loads; then the CLI reads it back (status, masks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from tests.tune.conftest import write_study
+from tune.cli import main
+from tune.service import LaunchOptions, run_study
+from tune.study import load_study
+from tune.trainable import load_trial_checkpoint
+
+
+@pytest.mark.ray
+def test_tiny_study_end_to_end(tmp_path: Path, ray_local: object, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_study(
+        tmp_path,
+        {
+            "study.num_samples": 6,
+            "search_space/prune.perturbation": {"type": "choice", "values": ["score", "random"]},
+            "evaluate.autoattack": True,
+            "evaluate.n_examples": 24,
+        },
+    )
+    study = load_study(path)
+    outcome = run_study(study, LaunchOptions(verbose=0))
+    assert outcome.exit_code == 0
+    summary = outcome.summary
+    rows = summary["trials"]
+
+    # Every trial ran, none failed.
+    assert len(rows) == 6
+    assert all(r["state"] == "TERMINATED" for r in rows), rows
+    # Optuna proposed distinct configurations inside the space.
+    configs = [tuple(sorted(r["config"].items())) for r in rows]
+    assert len(set(configs)) == 6
+    assert all(study.space.contains(r["config"]) for r in rows)
+    # ASHA stopped at least one trial before its last epoch (grace 1, factor 2, 4 epochs).
+    stopped = [r for r in rows if not r["completed"]]
+    assert stopped, "ASHA stopped no trial"
+    assert all(r["epochs"] < study.epochs_per_trial for r in stopped)
+
+    # The best (completed) trial's checkpoint loads into a model with the reported sparsity.
+    best = summary["best"]
+    assert best is not None and best["completed"]
+    assert best["metrics"]["val_robust_acc"] == max(
+        r["metrics"]["val_robust_acc"] for r in rows if r["completed"]
+    )
+    (pipeline,) = load_trial_checkpoint(best["checkpoint"])
+    sparsity, _ = pipeline.masking.sparsity_report()
+    assert sparsity == pytest.approx(best["metrics"]["sparsity"], abs=1e-6)
+    assert sparsity == pytest.approx(0.8, abs=0.01)
+    model = pipeline.selected_model().eval()
+    x, _ = next(iter(pipeline.data.val.batches(8)))
+    assert model(x).shape == (8, 4)
+    # Test numbers of the selected model, beside the validation ones.
+    test = summary["test"]
+    assert {"test_clean_acc", "test_pgd_acc", "test_autoattack_acc"} <= set(test)
+    assert Path(study.summary_json).is_file()
+
+    # MLflow: one nested run per trial (found by its trial-id tag), the best has test metrics.
+    client = MlflowClient(summary["tracking_uri"])
+    exp = client.get_experiment_by_name(study.name)
+    runs = client.search_runs([exp.experiment_id], "tags.`s2ap.role` = 'trial'")
+    ids = [r.data.tags["s2ap.trial_id"] for r in runs]
+    assert sorted(ids) == sorted(r["trial_id"] for r in rows)
+    by_id = {r.data.tags["s2ap.trial_id"]: r for r in runs}
+    best_run = by_id[best["trial_id"]]
+    assert best_run.info.status == "FINISHED"
+    assert "test_autoattack_acc" in best_run.data.metrics
+    assert best_run.data.params["prune.rho"] == str(best["config"]["prune.rho"])
+    for tag in ("s2ap.ray_version", "s2ap.device", "s2ap.study", "s2ap.phase"):
+        assert tag in best_run.data.tags
+    history = client.get_metric_history(best_run.info.run_id, "val_robust_acc")
+    assert sorted(m.step for m in history) == list(range(1, study.epochs_per_trial + 1))
+    for r in stopped:
+        assert by_id[r["trial_id"]].info.status == "KILLED"
+    artifacts = {a.path for a in client.list_artifacts(best_run.info.run_id, "masks")}
+    assert artifacts == {"masks/prune-end.s2mask", "masks/final.s2mask"}
+
+    # Optuna's study is persisted: one finished Optuna trial per Tune trial.
+    ostudy = optuna.load_study(study_name=study.name, storage=study.optuna_url)
+    assert len(ostudy.trials) == 6
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ostudy.trials)
+
+    # `s2ap status` reads the experiment folder without running anything.
+    capsys.readouterr()
+    assert main(["status", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert best["trial_id"] in out and "prune.rho" in out and "(stopped)" in out
+    assert main(["status", str(path), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["best"]["trial_id"] == best["trial_id"]
+
+    # Starting it again without --resume is refused; nothing is touched.
+    assert main(["tune", str(path)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+    # masks pull / apply / diff.
+    pulled = tmp_path / "pulled"
+    assert main(["masks", "pull", str(path), "--out", str(pulled), "--with-weights"]) == 0
+    mask = pulled / "final.s2mask"
+    assert mask.is_file() and list(pulled.glob("final.safetensors"))
+    assert main(["masks", "pull", str(path), "--out", str(pulled)]) == 2  # exists, no --force
+    dense = tmp_path / "dense.pt"
+    torch.save(pipeline.masking.to_dense().state_dict(), dense)
+    out_pt = tmp_path / "pruned.pt"
+    assert main(["masks", "apply", str(mask), "--checkpoint", str(dense), "--out", str(out_pt)]) == 0
+    pruned = torch.load(out_pt, weights_only=True)
+    assert main(["masks", "apply", str(mask), "--checkpoint", str(dense), "--out", str(out_pt)]) == 2
+    from tracking.artifacts import load_masks
+
+    masks, _ = load_masks(mask)
+    for layer, m in masks.items():
+        assert torch.all(pruned[f"{layer}.weight"][~m] == 0)
+    capsys.readouterr()
+    ckpt_mask = Path(best["checkpoint"]) / "mask.s2mask"
+    assert main(["masks", "diff", str(mask), str(ckpt_mask), "--json"]) == 0
+    diff = json.loads(capsys.readouterr().out)
+    assert 0.0 <= diff["overall"] <= 1.0 and set(diff["per_layer"]) == set(masks)

@@ -1,0 +1,87 @@
+"""The Trainable checkpoints and restores exactly (Ray's validate_save_restore and bit-exact)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from ray.tune.utils import validate_save_restore
+
+from tests.tune.conftest import write_study
+from tune.study import load_study
+from tune.trainable import (
+    CONTEXT_KEY,
+    S2APTrainable,
+    TrialConfigError,
+    load_trial_checkpoint,
+    make_trial_context,
+)
+
+
+def _config(tmp_path: Path, **sampled: object) -> dict:
+    study = load_study(write_study(tmp_path, {"finetune.epochs": 2}))
+    ctx = make_trial_context(
+        study_name=study.name,
+        base=study.base_dict(),
+        phases=study.phases,
+        seeds=study.seeds,
+    )
+    return {"prune.rho": 0.1, "prune.ascent_steps": 1, **sampled, CONTEXT_KEY: ctx}
+
+
+@pytest.mark.ray
+def test_validate_save_restore(tmp_path: Path, ray_local: object) -> None:
+    assert validate_save_restore(S2APTrainable, config=_config(tmp_path))
+
+
+def test_restore_is_exact(tmp_path: Path) -> None:
+    config = _config(tmp_path, **{"prune.perturbation": "score"})
+    straight = S2APTrainable(config=dict(config))
+    results = [straight.train() for _ in range(5)]
+    assert results[-1]["done"] is True
+    assert [r["phase"] for r in results] == ["prune"] * 3 + ["finetune"] * 2
+    for key in ("val_robust_acc", "val_clean_acc", "sparsity", "epoch_time_s", "images_per_s"):
+        assert key in results[-1]
+    assert "mask_hamming" in results[0] and "sharpness" in results[0]
+    # Prune-phase metrics are carried into finetune results (objectives may use them).
+    assert results[-1]["sharpness"] == results[2]["sharpness"]
+
+    first = S2APTrainable(config=dict(config))
+    for _ in range(2):
+        first.train()
+    with tempfile.TemporaryDirectory() as ckpt:
+        first.save_checkpoint(ckpt)
+        second = S2APTrainable(config=dict(config))
+        second.load_checkpoint(ckpt)
+        resumed = [second.train() for _ in range(3)]
+        pipelines = load_trial_checkpoint(ckpt)
+        assert pipelines[0].global_epoch == 2
+    for a, b in zip(results[2:], resumed):
+        assert a["val_robust_acc"] == b["val_robust_acc"]
+        assert a["train_robust_loss"] == b["train_robust_loss"]
+    ma, mb = straight.pipelines[0].masks(), second.pipelines[0].masks()
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    # A finished trial restored from its final checkpoint runs nothing more.
+    with tempfile.TemporaryDirectory() as ckpt:
+        straight.save_checkpoint(ckpt)
+        again = S2APTrainable(config=dict(config))
+        again.load_checkpoint(ckpt)
+        assert again.step().get("__duplicate__") is True
+
+
+def test_several_seeds_report_mean_and_spread(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    config[CONTEXT_KEY]["seeds"] = [0, 1]
+    trainable = S2APTrainable(config=config)
+    r = trainable.train()
+    assert len(trainable.pipelines) == 2
+    assert {"val_robust_acc_std", "mask_hamming_seeds"} <= set(r)
+    assert 0.0 <= r["mask_hamming_seeds"] <= 1.0
+
+
+def test_invalid_sampled_config_names_the_field(tmp_path: Path) -> None:
+    config = _config(tmp_path, **{"prune.ascent_steps": 0})
+    with pytest.raises(TrialConfigError, match="prune.ascent_steps"):
+        S2APTrainable(config=config)
