@@ -161,7 +161,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         extra += ["--tracking-uri", args.tracking_uri]
     for item in args.set or []:
         extra += ["--set", item]
-    job_id, status = submit_study(
+    _job_id, status = submit_study(
         study,
         args.address,
         tune_args=extra,

@@ -1,4 +1,4 @@
-"""Search space, Optuna searcher and trial scheduler of a study (the ``study:``/``search_space:`` parts).
+"""Search space, Optuna searcher and trial scheduler of a study.
 
 A search space maps a dotted path into the run config (``prune.rho``) to a distribution::
 

@@ -1,4 +1,4 @@
-"""The study service: launch, resume, submit and inspect a study (what ``s2ap tune/submit/status`` run).
+"""The study service: launch, resume, submit and inspect a study (``s2ap tune/submit/status``).
 
 ``run_study`` is the whole life of a study on one driver:
 
@@ -68,7 +68,7 @@ class LaunchOptions:
     ray_temp_dir: str | None = None
     skip_resource_check: bool = False
     shared_storage: bool = False
-    """The storage root is shared storage mounted on every node (silences the multi-node warning)."""
+    """The storage root is shared storage on every node (silences the multi-node warning)."""
     test_eval: bool | None = None
     """Override ``study.test_eval.enabled``."""
     verbose: int = 1
@@ -932,7 +932,7 @@ def submit_study(
     print(f"  follow:     ray job logs --follow --address {address} {job_id}", file=out)
     print(f"  status:     ray job status --address {address} {job_id}", file=out)
     print(f"  stop:       ray job stop --address {address} {job_id}", file=out, flush=True)
-    status = str(client.get_job_status(job_id))
+    status = _job_status_text(client.get_job_status(job_id))
     if wait:
         from ray.job_submission import JobStatus
 
@@ -940,11 +940,15 @@ def submit_study(
         while True:
             st = client.get_job_status(job_id)
             if st in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
-                status = str(st)
+                status = _job_status_text(st)
                 break
             if deadline is not None and time.monotonic() > deadline:
-                status = str(st)
+                status = _job_status_text(st)
                 break
             time.sleep(2)
         print(f"job {job_id}: {status}", file=out)
     return job_id, status
+
+
+def _job_status_text(status: Any) -> str:
+    return str(getattr(status, "value", status))

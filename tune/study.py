@@ -1,4 +1,4 @@
-"""The study file: a run config + a ``study:`` block + a ``search_space:`` block, validated up front.
+"""The study file: a run config + a ``study:`` block + a ``search_space:`` block.
 
 Layout of a study file (see ``configs/quickstart.yaml``)::
 

@@ -1,4 +1,4 @@
-"""The Ray Tune Trainable of a study: one Tune iteration = one epoch of :class:`s2ap.pipeline.Pipeline`.
+"""The Ray Tune Trainable of a study: one Tune iteration = one epoch of a Pipeline.
 
 ``S2APTrainable`` (class API) runs the prune epochs, then the finetune epochs (``trainable:
 pipeline``), or the prune epochs only (``trainable: prune``), validating after every epoch, and
@@ -124,10 +124,8 @@ def trial_device(
     """
     import ray
 
-    try:
-        gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    except Exception:  # not inside a Ray worker (a local test)
-        gpu_ids = []
+    # ray.get_gpu_ids() would start a Ray runtime when called outside one (a local test).
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else []
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     info = {"gpu_ids": ",".join(gpu_ids), "cuda_visible_devices": visible}
     if gpu_request <= 0 and not gpu_ids:
@@ -574,7 +572,7 @@ def evaluate_trial_checkpoint(
             {"s2ap.best": "true"},
             storage_root=tracking.get("storage_root"),
         )
-        numbers = {k: v for k, v in out.items() if isinstance(v, float)}
+        numbers = {k: v for k, v in out.items() if k.startswith("test_") and isinstance(v, float)}
         step = max(p.global_epoch for p in pipelines)
         tracker.log_metrics(numbers, step=step)
         tracker.finish("FINISHED")

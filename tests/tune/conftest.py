@@ -59,7 +59,9 @@ TINY_STUDY: dict[str, Any] = {
 }
 
 
-def write_study(folder: Path, updates: dict[str, Any] | None = None, name: str = "study.yaml") -> Path:
+def write_study(
+    folder: Path, updates: dict[str, Any] | None = None, name: str = "study.yaml"
+) -> Path:
     """Write TINY_STUDY with updates to folder/name.
 
     ``updates`` maps a path to a value (None deletes): ``"prune.epochs"`` (dotted), or with
@@ -86,7 +88,9 @@ def short_tmp(prefix: str = "r") -> str:
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
 
 
-def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the installed ``s2ap`` console script."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
@@ -105,7 +109,9 @@ def ray_local() -> Iterator[Any]:
     import ray
 
     temp = short_tmp()
-    ray.init(address="local", _temp_dir=temp, num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local", _temp_dir=temp, num_cpus=2, include_dashboard=False, log_to_driver=False
+    )
     try:
         yield ray
     finally:

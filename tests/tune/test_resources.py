@@ -63,7 +63,9 @@ def _max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 @pytest.mark.ray
 def test_fractional_gpus_share_and_fail_loudly(tmp_path: Path, ray_with_gpus: Any) -> None:
-    study = load_study(write_study(tmp_path / "ok", {**GPU_STUDY, "study.allow_cpu_fallback": True}))
+    study = load_study(
+        write_study(tmp_path / "ok", {**GPU_STUDY, "study.allow_cpu_fallback": True})
+    )
     outcome = run_study(study, LaunchOptions(verbose=0))
     assert outcome.exit_code == 0
     trials = tune.ExperimentAnalysis(str(study.experiment_dir)).trials

@@ -34,10 +34,19 @@ def test_tiny_study_loads_with_absolute_paths(tmp_path: Path) -> None:
         ({"search_space/prune.rho/low": -1.0}, "prune.rho"),
         ({"search_space/prune.rho/type": "gaussian"}, "prune.rho"),
         # A value inside the space that makes an invalid run config (sparsity must be < 1).
-        ({"search_space/prune.sparsity": {"type": "uniform", "low": 0.5, "high": 1.0}}, "prune.sparsity"),
+        (
+            {"search_space/prune.sparsity": {"type": "uniform", "low": 0.5, "high": 1.0}},
+            "prune.sparsity",
+        ),
         # warmup >= epochs at a corner of the space.
-        ({"search_space/prune.warmup_epochs": {"type": "int", "low": 0, "high": 3}}, "prune.warmup_epochs"),
-        ({"search_space/pretrain.lr": {"type": "uniform", "low": 0.01, "high": 0.1}}, "pretrain.lr"),
+        (
+            {"search_space/prune.warmup_epochs": {"type": "int", "low": 0, "high": 3}},
+            "prune.warmup_epochs",
+        ),
+        (
+            {"search_space/pretrain.lr": {"type": "uniform", "low": 0.01, "high": 0.1}},
+            "pretrain.lr",
+        ),
         ({"search_space/prune": {"type": "choice", "values": [1]}}, "is a section"),
         ({"study.searcher.points_to_evaluate": [{"prune.rho": 0.1}]}, "points_to_evaluate"),
         ({"dense.checkpoint": "missing.pt"}, "dense.checkpoint"),
@@ -79,7 +88,9 @@ def test_cli_bad_field_exits_2_and_creates_nothing(tmp_path: Path) -> None:
 
 
 def test_cli_unknown_search_path_exits_2(tmp_path: Path) -> None:
-    path = write_study(tmp_path, {"search_space/finetune.lrr": {"type": "uniform", "low": 0.001, "high": 0.1}})
+    path = write_study(
+        tmp_path, {"search_space/finetune.lrr": {"type": "uniform", "low": 0.001, "high": 0.1}}
+    )
     proc = run_cli("tune", str(path), timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "finetune.lrr" in proc.stderr and "unknown field" in proc.stderr

@@ -19,7 +19,9 @@ from tune.trainable import load_trial_checkpoint
 
 
 @pytest.mark.ray
-def test_tiny_study_end_to_end(tmp_path: Path, ray_local: object, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tiny_study_end_to_end(
+    tmp_path: Path, ray_local: object, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write_study(
         tmp_path,
         {
@@ -112,9 +114,13 @@ def test_tiny_study_end_to_end(tmp_path: Path, ray_local: object, capsys: pytest
     dense = tmp_path / "dense.pt"
     torch.save(pipeline.masking.to_dense().state_dict(), dense)
     out_pt = tmp_path / "pruned.pt"
-    assert main(["masks", "apply", str(mask), "--checkpoint", str(dense), "--out", str(out_pt)]) == 0
+    assert (
+        main(["masks", "apply", str(mask), "--checkpoint", str(dense), "--out", str(out_pt)]) == 0
+    )
     pruned = torch.load(out_pt, weights_only=True)
-    assert main(["masks", "apply", str(mask), "--checkpoint", str(dense), "--out", str(out_pt)]) == 2
+    assert (
+        main(["masks", "apply", str(mask), "--checkpoint", str(dense), "--out", str(out_pt)]) == 2
+    )
     from tracking.artifacts import load_masks
 
     masks, _ = load_masks(mask)

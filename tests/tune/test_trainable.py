@@ -83,5 +83,5 @@ def test_several_seeds_report_mean_and_spread(tmp_path: Path) -> None:
 
 def test_invalid_sampled_config_names_the_field(tmp_path: Path) -> None:
     config = _config(tmp_path, **{"prune.ascent_steps": 0})
-    with pytest.raises(TrialConfigError, match="prune.ascent_steps"):
+    with pytest.raises(TrialConfigError, match=r"prune\.ascent_steps"):
         S2APTrainable(config=config)

@@ -1,0 +1,285 @@
+"""The results page (``s2ap report``): statistics, verdict rule, and a page built from MLflow runs.
+
+The runs are created with the tracking API in a tmp sqlite store, shaped like the trials of a
+real study (flattened params, per-epoch metrics, end-of-trial test metrics), with numbers chosen
+so that every verdict kind appears.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tracking.runs import StudyTracker, TrialTracker
+from tune.cli import main
+from tune.report import (
+    CANNOT_TELL,
+    REFUTES,
+    SUPPORTS,
+    build_report,
+    judge,
+    load_trial_runs,
+    mean_std,
+    overall,
+)
+
+# --------------------------------------------------------------------------------------------
+# statistics and the verdict rule
+
+
+def test_mean_std_is_sample_std() -> None:
+    m = mean_std([0.80, 0.82, 0.84])
+    assert m.n == 3
+    assert m.mean == pytest.approx(0.82)
+    assert m.std == pytest.approx(0.02)  # ddof 1
+    assert m.fmt(100) == "82.0 ± 2.0"
+    assert mean_std([0.5]).fmt(100) == "50.0"  # one seed: no spread shown
+    assert mean_std([]).n == 0 and mean_std([float("nan")]).fmt() == "–"
+
+
+def test_judge_rule() -> None:
+    hydra = [0.80, 0.81, 0.82]  # std 0.01
+    # beyond the spread, right direction
+    v = judge([0.85, 0.86, 0.87], hydra, "greater")
+    assert (
+        v.verdict == SUPPORTS and v.diff == pytest.approx(0.05) and v.noise == pytest.approx(0.01)
+    )
+    # beyond the spread, wrong direction
+    assert judge([0.75, 0.76, 0.77], hydra, "greater").verdict == REFUTES
+    assert judge([0.85, 0.86, 0.87], hydra, "less").verdict == REFUTES
+    assert judge([0.75, 0.76, 0.77], hydra, "less").verdict == SUPPORTS
+    # a difference smaller than the larger seed std: cannot tell
+    v = judge([0.805, 0.815, 0.825], hydra, "greater")
+    assert v.verdict == CANNOT_TELL and v.diff == pytest.approx(0.005)
+    v = judge([0.79, 0.83, 0.87], hydra, "greater")  # diff 0.02, std 0.04
+    assert v.verdict == CANNOT_TELL and v.noise == pytest.approx(0.04)
+    # one seed: no spread to compare with
+    assert judge([0.95], [0.80], "greater").verdict == CANNOT_TELL
+    with pytest.raises(ValueError):
+        judge([1.0], [0.0], "bigger")
+
+
+def test_overall() -> None:
+    assert overall([SUPPORTS, SUPPORTS]) == SUPPORTS
+    assert overall([REFUTES]) == REFUTES
+    assert overall([CANNOT_TELL, CANNOT_TELL]) == CANNOT_TELL
+    assert overall([]) == CANNOT_TELL
+    assert overall([SUPPORTS, CANNOT_TELL, REFUTES]) == (
+        "mixed (1 support, 1 refute, 1 cannot tell)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# a page from MLflow runs
+
+PRUNE_EPOCHS, WARMUP, FINETUNE_EPOCHS = 4, 1, 2
+SEEDS = (0, 1, 2)
+NOISE = (-0.01, 0.0, 0.01)  # per seed: sample std 0.01
+#: arm -> (AutoAttack, Hamming after warm-up, sharpness, Hessian, prune seconds after warm-up)
+ARMS = {
+    "none": (0.60, 0.010, 0.50, 2.0, 1.00),
+    "score": (0.65, 0.004, 0.50, 3.0, 1.15),  # +5 points; stabler; same sharpness; sharper
+    "random": (0.60, 0.010, 0.50, 2.0, 1.10),
+}
+
+
+def _params(perturbation: str, seed: int, *, awp: bool, sparsity: float, rho: float, steps: int):
+    return {
+        "name": "fake",
+        "seed": seed,
+        "data": {"source": "digits"},
+        "model": {"arch": "small_cnn"},
+        "threat": {"eps": 0.1, "steps": 5},
+        "pretrain": {"epochs": 15},
+        "prune": {
+            "epochs": PRUNE_EPOCHS,
+            "warmup_epochs": WARMUP,
+            "sparsity": sparsity,
+            "perturbation": perturbation,
+            "rho": rho,
+            "ascent_steps": steps,
+        },
+        "finetune": {"epochs": FINETUNE_EPOCHS, "awp": {"enabled": awp, "gamma": 0.005}},
+        "validation": {"sharpness_rho": 0.1, "hessian_iters": 20},
+        "evaluate": {"n_examples": 359, "pgd_steps": 20, "autoattack_examples": 200},
+    }
+
+
+def _log_trial(
+    study: StudyTracker,
+    tid: str,
+    params: dict,
+    *,
+    aa: float,
+    hamming: float,
+    sharpness: float,
+    hessian: float,
+    seconds: float,
+    status: str = "FINISHED",
+) -> str:
+    trial = TrialTracker.open(**study.trial_context(), trial_id=tid, params=params, tags={})
+    for epoch in range(1, PRUNE_EPOCHS + 1):
+        warm = epoch <= WARMUP
+        trial.log_metrics(
+            {
+                "mask_hamming": 0.02 if warm else hamming,
+                "sharpness": sharpness,
+                "epoch_time_s": 1.0 if warm else seconds,
+                "val_robust_acc": 0.5,
+                "phase": "prune",
+            },
+            step=epoch,
+        )
+    trial.log_metrics({"hessian_top_eig": hessian}, step=PRUNE_EPOCHS)
+    last = PRUNE_EPOCHS + FINETUNE_EPOCHS
+    for epoch in range(PRUNE_EPOCHS + 1, last + 1):
+        trial.log_metrics({"epoch_time_s": 0.5, "val_robust_acc": 0.55}, step=epoch)
+    trial.log_metrics(
+        {"test_clean_acc": 0.9, "test_pgd_acc": aa + 0.05, "test_autoattack_acc": aa}, step=last
+    )
+    trial.finish(status)
+    return trial.run_id
+
+
+def _study(uri: str, root: Path, name: str) -> StudyTracker:
+    study = StudyTracker(uri, name, study_config={"study": {"name": name}}, storage_root=root)
+    study.start()
+    return study
+
+
+@pytest.fixture
+def fake_store(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """Two studies in one sqlite store: arms (3 arms x AT/AWP x 2 sparsities x 3 seeds, one
+    extra failed run) and a radius sweep (S2AP, 2 rho x 2 steps x 3 seeds)."""
+    root = tmp_path / "store"
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    run_ids: dict[str, str] = {}
+    arms = _study(uri, root, "fake-arms")
+    n = 0
+    for perturbation, (aa, ham, sharp, hess, secs) in ARMS.items():
+        for awp in (False, True):
+            for sparsity in (0.9, 0.99):
+                for seed, eps in zip(SEEDS, NOISE):
+                    tid = f"arms_{n:03d}"
+                    n += 1
+                    params = _params(
+                        perturbation, seed, awp=awp, sparsity=sparsity, rho=0.1, steps=1
+                    )
+                    run_ids[tid] = _log_trial(
+                        arms,
+                        tid,
+                        params,
+                        aa=aa + eps,
+                        hamming=ham * (1 + eps),
+                        sharpness=sharp + eps,
+                        hessian=hess + eps,
+                        seconds=secs * (1 + eps / 10),
+                    )
+    _log_trial(
+        arms,
+        "arms_failed",
+        _params("score", 7, awp=False, sparsity=0.9, rho=0.1, steps=1),
+        aa=0.0,
+        hamming=1.0,
+        sharpness=9.0,
+        hessian=9.0,
+        seconds=9.0,
+        status="FAILED",
+    )
+    arms.finish()
+    sweep = _study(uri, root, "fake-radius")
+    for rho, base in ((0.05, 0.62), (0.5, 0.70)):
+        for steps in (1, 2):
+            for seed, eps in zip(SEEDS, NOISE):
+                tid = f"radius_{n:03d}"
+                n += 1
+                params = _params("score", seed, awp=False, sparsity=0.9, rho=rho, steps=steps)
+                run_ids[tid] = _log_trial(
+                    sweep,
+                    tid,
+                    params,
+                    aa=base + eps,
+                    hamming=0.004,
+                    sharpness=0.5,
+                    hessian=3.0,
+                    seconds=1.15,
+                )
+    sweep.finish()
+    return uri, run_ids
+
+
+def _claims(report) -> dict[str, str]:
+    return {c.claim: c.verdict for c in report.claims}
+
+
+def _find(claims: dict[str, str], start: str) -> str:
+    hits = [v for k, v in claims.items() if k.startswith(start)]
+    assert len(hits) == 1, (start, list(claims))
+    return hits[0]
+
+
+def test_report_from_mlflow_runs(fake_store: tuple[str, dict[str, str]]) -> None:
+    uri, run_ids = fake_store
+    runs, notes = load_trial_runs(uri, ["fake-arms", "fake-radius"])
+    assert len(runs) == len(run_ids)  # the failed run is left out ...
+    assert any("1 FAILED" in note for note in notes)  # ... and said so
+    report = build_report(runs, notes)
+
+    # cells: 3 arms x 2 finetunings x 2 sparsities in the arms study, 4 in the sweep
+    assert len(report.arm_cells) == 12 and len(report.sweep_cells) == 4
+    s2ap = [c for c in report.arm_cells if c.arm == "S2AP" and c.finetune == "AWP"]
+    assert [c.sparsity for c in s2ap] == [0.9, 0.99]
+    rs = report.arm_cells[s2ap[0]]
+    assert [r.seed for r in rs] == [0, 1, 2]
+    m = mean_std(r.metrics["test_autoattack_acc"] for r in rs)
+    assert (m.mean, m.std) == (pytest.approx(0.65), pytest.approx(0.01))
+    # prune epochs are the steps that logged mask_hamming (finetune times are not among them)
+    assert rs[0].prune_series("epoch_time_s") == [1.0] + [pytest.approx(1.15 * 0.999)] * 3
+    assert rs[1].mean_post_warmup("mask_hamming") == pytest.approx(0.004)
+
+    claims = _claims(report)
+    assert _find(claims, "S2AP has higher AutoAttack accuracy than HYDRA") == SUPPORTS
+    assert _find(claims, "… with identical finetuning for both arms (AWP") == SUPPORTS
+    assert _find(claims, "The gain comes from the sharpness-aware direction") == SUPPORTS
+    assert _find(claims, "S2AP keeps clean accuracy") == SUPPORTS  # equal clean accuracy
+    assert _find(claims, "S2AP masks are more stable") == SUPPORTS
+    assert _find(claims, "S2AP finds flatter score landscapes: smaller score-space") == CANNOT_TELL
+    assert _find(claims, "S2AP finds flatter score landscapes: smaller top Hessian") == REFUTES
+    assert _find(claims, "S2AP costs about 15% more pruning time") == SUPPORTS
+    # the sweep: every setting beats HYDRA (0.62 and 0.70 vs 0.60 +- 0.01), rho matters
+    # (0.70 vs 0.62), the second ascent step changes nothing
+    assert _find(claims, "S2AP beats HYDRA over a range of radii") == SUPPORTS
+    assert _find(claims, "The radius rho changes AutoAttack accuracy") == SUPPORTS
+    assert _find(claims, "More ascent steps") == CANNOT_TELL
+
+
+def test_report_command_writes_page(fake_store: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    uri, run_ids = fake_store
+    out = tmp_path / "docs" / "RESULTS.md"
+    code = main(["report", "fake-arms", "fake-radius", "--tracking-uri", uri, "--out", str(out)])
+    assert code == 0
+    text = out.read_text()
+    # tables: mean +- std per cell (percent), verdicts, every run id in the appendix
+    assert (
+        "| AWP | 0.9 | S2AP (rho 0.1, 1 step) | 3 | 90.0 ± 0.0 | 70.0 ± 1.0 | 65.0 ± 1.0 |" in text
+    )
+    assert "| AT | 0.99 | HYDRA | 3 | 90.0 ± 0.0 | 65.0 ± 1.0 | 60.0 ± 1.0 |" in text
+    assert "**refutes**" in text and "**supports**" in text and "cannot tell" in text
+    for run_id in run_ids.values():
+        assert f"`{run_id}`" in text
+    for name in ("robust_vs_sparsity", "hamming", "rho"):
+        png = tmp_path / "docs" / "figures" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"](figures/{name}.png)" in text
+    # prune-time ratio S2AP/HYDRA after warm-up
+    assert "| 0.9 | S2AP | 6 |" in text and "| 1.15 |" in text
+
+
+def test_report_unknown_study(
+    fake_store: tuple[str, dict[str, str]], tmp_path: Path, capsys
+) -> None:
+    uri, _ = fake_store
+    code = main(["report", "nope", "--tracking-uri", uri, "--out", str(tmp_path / "r.md")])
+    assert code == 2
+    assert "no study 'nope'" in capsys.readouterr().err
