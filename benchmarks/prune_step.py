@@ -8,11 +8,12 @@ Rows (PGD-k examples + one training update per batch, the same synthetic batch f
 - hydra-cached:     HYDRA with the mask cached between score updates (s2ap's masked layers)
 - s2ap-1, s2ap-3:   S2AP with 1 and 3 ascent steps on the same PGD examples
 
-Rows are measured in interleaved rounds and the median is printed, with the ratio to dense
-from the same round, so a noisy shared machine shifts all rows together.
+Rows are interleaved update by update (dense, hydra, ..., dense, hydra, ...) and the median over
+rounds is printed, with each row's ratio to the dense update of the same round, so a noisy
+shared machine shifts all rows together.
 
     python benchmarks/prune_step.py [--arch small_cnn] [--batch-size 128] [--image-size 32]
-        [--steps 10] [--iters 5] [--rounds 3] [--device cpu]
+        [--steps 10] [--iters 1] [--rounds 15] [--device cpu]
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="PGD steps")
-    parser.add_argument("--iters", type=int, default=5, help="timed updates per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=1, help="timed updates per row and round")
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
