@@ -8,6 +8,7 @@
     s2ap masks pull STUDY.yaml [--metric M --mode max|min --out DIR --with-weights]
     s2ap masks apply MASK.s2mask --checkpoint DENSE.pt --out PRUNED.pt [--force]
     s2ap masks diff A.s2mask B.s2mask [--json]
+    s2ap report STUDY.yaml... [--out RESULTS.md]     a page testing the paper's claims
     s2ap ui STUDY.yaml [--port N]                    MLflow UI for the study's store
 
 Every user error prints one message to stderr and exits with code 2, before anything is written.
@@ -37,6 +38,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from s2ap.config import ConfigError
 
     errors: list[type[BaseException]] = [UserError, ConfigError]
+    try:
+        from tune.report import ReportError
+
+        errors.append(ReportError)
+    except ImportError:
+        pass
     try:
         from tracking.artifacts import MaskFileError
         from tracking.pull import NoFinishedTrialError, StudyNotFoundError
@@ -109,6 +116,19 @@ def _study_or_name(
         return arg, resolve_tracking_uri(tracking_uri, "."), None
     except ValueError as exc:
         raise UserError(f"--tracking-uri: {exc}") from None
+
+
+def _method_text(header: dict[str, Any]) -> str:
+    """``S2AP (rho 0.1, 1 step)`` / ``HYDRA`` from a mask header's ``method`` entry."""
+    method = header.get("method")
+    if not isinstance(method, dict):
+        return str(method or "?")
+    kind = method.get("perturbation")
+    if kind == "none":
+        return "HYDRA"
+    name = "S2AP" if kind == "score" else f"HYDRA + {kind} perturbation"
+    steps = method.get("ascent_steps")
+    return f"{name} (rho {method.get('rho'):.3g}, {steps} step{'s' if steps != 1 else ''})"
 
 
 def _refuse_existing(path: Path, force: bool, what: str = "--out") -> None:
@@ -252,9 +272,10 @@ def cmd_masks_pull(args: argparse.Namespace) -> int:
     )
     header = pulled.header
     print(f"best trial {pulled.trial_id} (run {pulled.run_id}) by {metric} {mode}")
+    sparsity = header.get("global_sparsity", float("nan"))
+    where = f"{header.get('architecture', '?')} on {header.get('dataset', '?')}"
     print(
-        f"mask:    {pulled.mask_path}  (sparsity {header.get('global_sparsity', float('nan')):.4f}, "
-        f"{header.get('architecture', '?')} on {header.get('dataset', '?')}, {header.get('method', '?')})"
+        f"mask:    {pulled.mask_path}  (sparsity {sparsity:.4f}, {where}, {_method_text(header)})"
     )
     if pulled.weights_path:
         print(f"weights: {pulled.weights_path}")
@@ -311,7 +332,7 @@ def cmd_masks_apply(args: argparse.Namespace) -> int:
     total = sum(m.numel() for m in masks.values())
     print(
         f"wrote {out}: {len(masks)} masked layers, sparsity {1 - kept / max(total, 1):.4f} "
-        f"({header.get('method', '?')} mask of {header.get('architecture', '?')})"
+        f"({_method_text(header)} mask of {header.get('architecture', '?')})"
     )
     return 0
 
@@ -337,6 +358,20 @@ def cmd_masks_diff(args: argparse.Namespace) -> int:
     for name, d in per_layer.items():
         print(f"{name.ljust(width)}  {d:.6f}")
     print(f"{'overall'.ljust(width)}  {overall:.6f}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tune.report import write_report
+
+    targets = []
+    for arg in args.studies:
+        name, uri, _ = _study_or_name(arg, args.tracking_uri, args.storage_root)
+        targets.append((name, uri))
+    out = Path(args.out).absolute()
+    command = "s2ap report " + " ".join(args.studies)
+    report = write_report(targets, out, figures_dir=args.figures_dir, command=command)
+    print(f"wrote {out} ({len(report.claims)} claims checked)")
     return 0
 
 
@@ -491,6 +526,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("b")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_masks_diff)
+
+    p = sub.add_parser("report", help="a results page testing the paper's claims (from MLflow)")
+    p.add_argument("studies", nargs="+", help="study files, or study names with --tracking-uri")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--storage-root", help="override study.storage_root (relative to the cwd)")
+    p.add_argument("--out", default="RESULTS.md", help="the page to write (default RESULTS.md)")
+    p.add_argument("--figures-dir", help="where the PNG figures go (default: <out folder>/figures)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("ui", help="open the MLflow UI of a study's store on 127.0.0.1")
     _add_study_args(p)

@@ -54,6 +54,7 @@ __all__ = [
 ARMS: dict[str, str] = {"none": "HYDRA", "score": "S2AP", "random": "random"}
 ARM_ORDER = list(ARMS.values())
 ARM_COLORS = {"HYDRA": "tab:blue", "S2AP": "tab:red", "random": "tab:gray"}
+STEP_COLORS = ("tab:red", "tab:orange", "tab:purple", "tab:brown")
 #: Per-epoch series the page needs from each run.
 HISTORY_KEYS = ("mask_hamming", "sharpness", "epoch_time_s")
 #: Test metrics (what the end-of-trial evaluation logs), as shown on the page.
@@ -538,10 +539,10 @@ def _landscape_claims(cells: Mapping[Cell, list[TrialRun]]) -> list[ClaimResult]
             "S2AP masks are more stable: lower Hamming distance between consecutive-epoch masks "
             "(mean over the prune epochs after warm-up)",
             pairs,
-            lambda r: r.mean_post_warmup("mask_hamming"),
+            lambda r: r.mean_post_warmup("mask_hamming") * 100,
             "less",
             _fmt_g,
-            "",
+            " % of the masked weights",
         ),
         _claim_compare(
             "S2AP finds flatter score landscapes: smaller score-space sharpness L(s+z*) − L(s) at "
@@ -733,8 +734,8 @@ def _fmt_small(m: MeanStd) -> str:
     if m.n == 0 or not math.isfinite(m.mean):
         return "–"
     if m.n == 1:
-        return f"{m.mean:.3g}"
-    return f"{m.mean:.3g} ± {m.std:.2g}"
+        return f"{m.mean:#.3g}"
+    return f"{m.mean:#.3g} ± {m.std:#.2g}"
 
 
 def hamming_table(cells: Mapping[Cell, list[TrialRun]]) -> tuple[list[str], list[list[str]]]:
@@ -884,11 +885,11 @@ def figure_hamming(cells: Mapping[Cell, list[TrialRun]]) -> Any:
             warm = rs[0].warmup
         if warm:
             ax.axvline(warm + 0.5, color="k", lw=0.8, ls=":")
-        ax.set_yscale("symlog", linthresh=0.01)
+        ax.set_yscale("log")
         ax.set_xlabel("prune epoch")
         ax.set_title(f"sparsity {sp:g}", fontsize="medium")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("Hamming distance to previous epoch (%)")
+    axes[0].set_ylabel("mask change vs previous epoch (%)")
     axes[0].legend(fontsize="small")
     return fig
 
@@ -908,7 +909,8 @@ def figure_rho(sweep: Mapping[Cell, list[TrialRun]], arms: Mapping[Cell, list[Tr
         shift = 1.0 + (k - (len(steps) - 1) / 2) * 0.04
         xs = [(c.rho or 0) * shift for c, _ in pts]
         ms = [mean_std(_values(rs, aa)) for _, rs in pts]
-        line = ax.errorbar(
+        color = STEP_COLORS[k % len(STEP_COLORS)]
+        ax.errorbar(
             xs,
             [m.mean * 100 for m in ms],
             yerr=[m.std * 100 for m in ms],
@@ -916,6 +918,7 @@ def figure_rho(sweep: Mapping[Cell, list[TrialRun]], arms: Mapping[Cell, list[Tr
             ms=4,
             capsize=3,
             label=f"S2AP, {st} ascent step(s)",
+            color=color,
         )
         for x, (_, rs) in zip(xs, pts):
             ax.scatter(
@@ -923,7 +926,7 @@ def figure_rho(sweep: Mapping[Cell, list[TrialRun]], arms: Mapping[Cell, list[Tr
                 [v * 100 for v in _values(rs, aa)],
                 s=6,
                 alpha=0.5,
-                color=line[0].get_color(),
+                color=color,
             )
     ref = {(c.finetune, c.sparsity) for c in sweep}
     hydra = [
@@ -939,6 +942,9 @@ def figure_rho(sweep: Mapping[Cell, list[TrialRun]], arms: Mapping[Cell, list[Tr
         )
         ax.axhline(m.mean * 100, color=ARM_COLORS["HYDRA"], lw=1, label="HYDRA (mean ± std)")
     ax.set_xscale("log")
+    rhos = sorted({c.rho for c in sweep if c.rho})
+    ax.set_xticks(rhos, [f"{r:g}" for r in rhos])
+    ax.minorticks_off()
     ax.set_xlabel("rho (relative radius)")
     ax.set_ylabel("AutoAttack accuracy (%)")
     ax.grid(alpha=0.3)

@@ -85,6 +85,14 @@ class FloatParam(_Strict):
     def corners(self) -> list[Any]:
         return [self.low, self.high]
 
+    def grid(self) -> list[Any]:
+        if self.step is None:
+            raise ConfigError(
+                "a float range has no grid; give it a step, or use type: choice with the values"
+            )
+        n = math.floor((self.high - self.low) / self.step + 1e-9) + 1
+        return [round(self.low + i * self.step, 12) for i in range(n)]
+
     def contains(self, value: Any) -> bool:
         return isinstance(value, int | float) and self.low <= float(value) <= self.high
 
@@ -116,6 +124,9 @@ class IntParam(_Strict):
     def corners(self) -> list[Any]:
         return sorted({self.low, self.high})
 
+    def grid(self) -> list[Any]:
+        return list(range(self.low, self.high + 1, self.step))
+
     def contains(self, value: Any) -> bool:
         return (
             isinstance(value, int)
@@ -146,6 +157,9 @@ class ChoiceParam(_Strict):
         return optuna.distributions.CategoricalDistribution(tuple(self.values))
 
     def corners(self) -> list[Any]:
+        return list(self.values)
+
+    def grid(self) -> list[Any]:
         return list(self.values)
 
     def contains(self, value: Any) -> bool:
@@ -266,6 +280,19 @@ class SearchSpace:
         """True when ``config`` has a value inside the space for every searched path."""
         return all(path in config and p.contains(config[path]) for path, p in self.params.items())
 
+    def grid(self) -> dict[str, list[Any]]:
+        """Every value of every parameter (the ``grid`` searcher's search space)."""
+        out = {}
+        for path, p in self.params.items():
+            try:
+                out[path] = p.grid()
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}") from None
+        return out
+
+    def grid_size(self) -> int:
+        return math.prod(len(v) for v in self.grid().values())
+
     def to_dict(self) -> dict[str, Any]:
         return {path: p.model_dump(exclude_none=True) for path, p in self.params.items()}
 
@@ -371,7 +398,7 @@ class ObjectiveConfig(_Strict):
 class SearcherConfig(_Strict):
     """Which Optuna sampler proposes configurations."""
 
-    kind: Literal["tpe", "gp", "cmaes", "random", "nsga2", "qmc"] = "tpe"
+    kind: Literal["tpe", "gp", "cmaes", "random", "nsga2", "qmc", "grid"] = "tpe"
     seed: int | None = 0
     n_startup_trials: int | None = Field(
         None, ge=0, description="random trials before the model kicks in (tpe/gp/cmaes)"
@@ -424,6 +451,12 @@ def _sampler_nsga2(cfg: SearcherConfig, n_objectives: int) -> Any:
     return optuna.samplers.NSGAIISampler(seed=cfg.seed)
 
 
+def _sampler_grid(cfg: SearcherConfig, n_objectives: int, space: SearchSpace) -> Any:
+    import optuna
+
+    return optuna.samplers.GridSampler(space.grid(), seed=cfg.seed)
+
+
 def _sampler_qmc(cfg: SearcherConfig, n_objectives: int) -> Any:
     import optuna
 
@@ -439,6 +472,10 @@ SAMPLERS: dict[str, Callable[[SearcherConfig, int], Any]] = {
     "nsga2": _sampler_nsga2,
     "qmc": _sampler_qmc,
 }
+#: Samplers whose factory also needs the search space.
+_SPACE_SAMPLERS: dict[str, Callable[[SearcherConfig, int, SearchSpace], Any]] = {
+    "grid": _sampler_grid,
+}
 
 #: Optional packages a sampler needs (checked before Ray starts).
 SAMPLER_PACKAGES: dict[str, tuple[str, str]] = {
@@ -448,7 +485,10 @@ SAMPLER_PACKAGES: dict[str, tuple[str, str]] = {
 
 
 def check_searcher(
-    cfg: SearcherConfig, objectives: list[ObjectiveConfig], space: SearchSpace
+    cfg: SearcherConfig,
+    objectives: list[ObjectiveConfig],
+    space: SearchSpace,
+    num_samples: int | None = None,
 ) -> None:
     """Raise :class:`ConfigError` if the searcher cannot run this study (before Ray starts)."""
     import importlib.util
@@ -469,6 +509,16 @@ def check_searcher(
             "search_space: empty; add at least one field to search, e.g. "
             "prune.rho: {type: loguniform, low: 0.005, high: 0.5}"
         )
+    if cfg.kind == "grid":
+        try:
+            size = space.grid_size()
+        except ConfigError as exc:
+            raise ConfigError(f"search_space: {exc} (study.searcher.kind is grid)") from None
+        if num_samples is not None and num_samples > size:
+            raise ConfigError(
+                f"study.num_samples: {num_samples} is more than the {size} points of the grid; "
+                f"set it to {size} (every combination once)"
+            )
     for i, point in enumerate(cfg.points_to_evaluate):
         missing = sorted(set(space.keys) - set(point))
         extra = sorted(set(point) - set(space.keys))
@@ -500,7 +550,10 @@ def make_searcher(
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    sampler = SAMPLERS[cfg.kind](cfg, len(objectives))
+    if cfg.kind in _SPACE_SAMPLERS:
+        sampler = _SPACE_SAMPLERS[cfg.kind](cfg, len(objectives), space)
+    else:
+        sampler = SAMPLERS[cfg.kind](cfg, len(objectives))
     storage = optuna.storages.RDBStorage(storage_url) if storage_url else None
     metric: str | list[str]
     mode: str | list[str]

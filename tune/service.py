@@ -92,8 +92,12 @@ def _short_temp_dir(requested: str | None) -> str:
         path = Path(requested).absolute()
         path.mkdir(parents=True, exist_ok=True)
         return str(path)
-    base = "/tmp" if os.name == "posix" else tempfile.gettempdir()
-    return tempfile.mkdtemp(prefix="s2ap-ray-", dir=base)
+    # One folder per user (Ray keeps one session_* folder per runtime inside, like /tmp/ray).
+    base = Path("/tmp" if os.name == "posix" else tempfile.gettempdir())
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    path = base / f"s2ap-ray-{uid}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return str(path)
 
 
 def _init_ray(options: LaunchOptions) -> bool:
@@ -249,7 +253,7 @@ def _prepare_dense(study: Study, tracker: Any, out: IO[str]) -> tuple[str | None
             file=out,
             flush=True,
         )
-    if tracker is not None and meta_path.is_file():
+    if tracker is not None and not tracker.resumed and meta_path.is_file():
         records = json.loads(meta_path.read_text()).get("records", [])
         for r in records:
             tracker.log_metrics(
@@ -300,11 +304,23 @@ def _check_storage(study: Study, options: LaunchOptions, tracking_uri: str) -> N
                 )
         return
     if exists and not options.overwrite:
+        if _complete_and_unchanged(study, tracking_uri):
+            return
         raise StudyError(
-            f"study {study.name!r} already exists in {d}. Continue it with "
+            f"study {study.name!r} already exists in {d} and is not complete. Continue it with "
             f"`s2ap tune --resume {here}`, look at it with `s2ap status {here}`, start over with "
             f"`s2ap tune --overwrite {here}` (deletes its trials), or set another study.name"
         )
+
+
+def _complete_and_unchanged(study: Study, tracking_uri: str) -> bool:
+    """True when the study ran to its end (summary.json) from this very study file."""
+    old = read_study_json(study.experiment_dir)
+    if old is None or not study.summary_json.is_file():
+        return False
+    if old.get("tracking_uri") not in (None, tracking_uri):
+        return False
+    return not fingerprint_changes(old.get("fingerprint", {}), study.fingerprint())
 
 
 def _delete_study(study: Study, tracking_uri: str, out: IO[str]) -> None:
@@ -318,6 +334,8 @@ def _delete_study(study: Study, tracking_uri: str, out: IO[str]) -> None:
             optuna.delete_study(study_name=study.name, storage=study.optuna_url)
         except KeyError:
             pass
+    if not (study.storage_root.exists() or tracking_uri.startswith(("http://", "https://"))):
+        return  # nothing was ever written
     try:
         from tracking.runs import TAG_STUDY, make_client
 
@@ -332,6 +350,51 @@ def _delete_study(study: Study, tracking_uri: str, out: IO[str]) -> None:
     except Exception as exc:  # the store may be unreachable; say so, do not fail the study
         _warn(f"could not delete the old MLflow runs of {study.name!r}: {exc}", out)
     print(f"--overwrite: removed the previous results of study {study.name!r}", file=out)
+
+
+def _drop_stale_optuna_study(study: Study, err: IO[str]) -> None:
+    """A new study must not inherit an Optuna study of the same name left in optuna.db (its
+    Tune experiment is gone, so its trials would only mislead the sampler)."""
+    import optuna
+
+    if not study.optuna_path.exists():
+        return
+    try:
+        optuna.delete_study(study_name=study.name, storage=study.optuna_url)
+    except KeyError:
+        return
+    _warn(f"removed a stale Optuna study {study.name!r} from {study.optuna_path}", err)
+
+
+def _close_dangling_runs(tracker: Any, rows: list[dict[str, Any]]) -> int:
+    """Settle the MLflow trial runs Tune's record disagrees with; return how many orphans.
+
+    * a trial Tune ended without its Trainable's knowledge (a crashed actor, a lost node):
+      its run is FAILED/KILLED instead of RUNNING forever;
+    * an *orphan*: a trial a killed driver had started (or even finished) after its last
+      experiment snapshot. ``--resume`` cannot know it and samples a new trial instead, so its
+      run is not part of the study's results: KILLED, tagged ``s2ap.outcome=orphaned`` (the
+      best-trial lookup and reports read FINISHED runs only).
+    """
+    from tracking.runs import make_client
+
+    state = {r["trial_id"]: r["state"] for r in rows}
+    orphans = 0
+    try:
+        runs = tracker.trials()
+        client = make_client(tracker.tracking_uri)
+        for run in runs:
+            if run["trial_id"] not in state:
+                if run["tags"].get("s2ap.outcome") != "orphaned":
+                    client.set_tag(run["run_id"], "s2ap.outcome", "orphaned")
+                    client.set_terminated(run["run_id"], "KILLED")
+                orphans += 1
+            elif run["status"] == "RUNNING":
+                status = "FAILED" if state[run["trial_id"]] == "ERROR" else "KILLED"
+                client.set_terminated(run["run_id"], status)
+    except Exception as exc:  # bookkeeping only
+        _log.warning("could not settle the trial runs in MLflow: %s", exc)
+    return orphans
 
 
 def _fix_orphan_optuna_trials(study: Study) -> int:
@@ -401,6 +464,7 @@ def _trial_rows(study: Study, trials: list[Any]) -> list[dict[str, Any]]:
                     )
                 },
                 "checkpoint": (t.checkpoint.path if getattr(t, "checkpoint", None) else None),
+                "finished_at": _value(last, "result_time"),
                 "error": t.error_file if t.status == "ERROR" else None,
             }
         )
@@ -408,13 +472,23 @@ def _trial_rows(study: Study, trials: list[Any]) -> list[dict[str, Any]]:
 
 
 def _best_row(study: Study, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The best *completed* trial on the first objective (early-stopped ones did not finish)."""
-    obj = study.objective
-    scored = [r for r in rows if r["completed"] and r["metrics"].get(obj.metric) is not None]
+    """The best *completed* trial on the first objective (early-stopped ones did not finish).
+
+    Ties go to the next objectives in order, then to the trial that finished first.
+    """
+    objs = study.settings.objectives
+    scored = [r for r in rows if r["completed"] and r["metrics"].get(objs[0].metric) is not None]
     if not scored:
         return None
-    sign = 1.0 if obj.mode == "max" else -1.0
-    return max(scored, key=lambda r: sign * r["metrics"][obj.metric])
+
+    def key(r: dict[str, Any]) -> tuple[float, ...]:
+        vals = []
+        for o in objs:
+            v = r["metrics"].get(o.metric)
+            vals.append(-math.inf if v is None else (v if o.mode == "max" else -v))
+        return (*vals, -(r.get("finished_at") or 0.0))
+
+    return max(scored, key=key)
 
 
 def _pareto(study: Study, rows: list[dict[str, Any]]) -> list[str]:
@@ -477,13 +551,15 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _trial_params(info: dict[str, Any]) -> dict[str, Any]:
-    return {
-        **info["run_config"],
-        "study": {
-            "trainable": "prune" if list(info["phases"]) == ["prune"] else "pipeline",
-            "seeds": list(info["seeds"]),
-        },
-    }
+    """The params of a trial's MLflow run (recorded in its checkpoint's trial.json)."""
+    return dict(info.get("params") or {})
+
+
+def _evaluate_overrides(study: Study) -> dict[str, Any]:
+    """``study.test_eval`` fields that replace the run config's ``evaluate`` section."""
+    te = study.settings.test_eval
+    fields = {"autoattack": te.autoattack, "n_examples": te.n_examples, "pgd_steps": te.pgd_steps}
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _test_eval(
@@ -493,19 +569,13 @@ def _test_eval(
 
     from tune.trainable import evaluate_trial_checkpoint
 
-    te = study.settings.test_eval
     if not best.get("checkpoint"):
         _warn(f"best trial {best['trial_id']} has no checkpoint; skipping the test evaluation", out)
         return None
-    overrides = {
-        k: v
-        for k, v in {
-            "autoattack": te.autoattack,
-            "n_examples": te.n_examples,
-            "pgd_steps": te.pgd_steps,
-        }.items()
-        if v is not None
-    }
+    done = Path(best["checkpoint"], "test.json")
+    if done.is_file():  # test_eval.every_trial: the trial evaluated itself (and logged it)
+        return json.loads(done.read_text())
+    overrides = _evaluate_overrides(study)
     info = json.loads(Path(best["checkpoint"], "trial.json").read_text())
     res = study.settings.resources
     ev = study.run_config.evaluate.model_copy(update=overrides)
@@ -541,18 +611,18 @@ def _print_summary(study: Study, summary: dict[str, Any], out: IO[str]) -> None:
             print(f"  {k} = {v!r}", file=out)
         m = best["metrics"]
         print(
-            f"  validation: robust {_fmt(m.get('val_robust_acc'))} (selected epoch: "
-            f"{_fmt(m.get('best_val_robust_acc'))}), clean {_fmt(m.get('val_clean_acc'))}, "
-            f"sparsity {_fmt(m.get('sparsity'))}",
+            f"  validation (last epoch): robust {_fmt(m.get('val_robust_acc'))}, clean "
+            f"{_fmt(m.get('val_clean_acc'))}; selected epoch: robust "
+            f"{_fmt(m.get('best_val_robust_acc'))}; sparsity {_fmt(m.get('sparsity'))}",
             file=out,
         )
         t = summary.get("test")
         if t:
             aa = t.get("test_autoattack_acc")
+            steps = study.settings.test_eval.pgd_steps or study.run_config.evaluate.pgd_steps
             print(
                 f"  test ({int(t.get('test_examples', 0))} examples): clean "
-                f"{_fmt(t.get('test_clean_acc'))}, PGD-{study.run_config.evaluate.pgd_steps if not study.settings.test_eval.pgd_steps else study.settings.test_eval.pgd_steps} "
-                f"{_fmt(t.get('test_pgd_acc'))}"
+                f"{_fmt(t.get('test_clean_acc'))}, PGD-{steps} {_fmt(t.get('test_pgd_acc'))}"
                 + (f", AutoAttack {_fmt(aa)}" if aa is not None else ""),
                 file=out,
             )
@@ -611,6 +681,17 @@ def run_study(
     except ValueError as exc:
         raise StudyError(f"study.tracking_uri: {exc}") from None
     _check_storage(study, options, tracking_uri)
+    if not (options.resume or options.overwrite) and _complete_and_unchanged(study, tracking_uri):
+        # Idempotent: running a finished study again shows its results (`make run` twice).
+        summary = json.loads(study.summary_json.read_text())
+        print(format_trials_table(study, summary.get("trials", [])), file=out)
+        _print_summary(study, summary, out)
+        print(
+            f"\nstudy {study.name!r} is already complete (results above); start it over with "
+            "--overwrite, or set another study.name",
+            file=out,
+        )
+        return StudyOutcome(0, summary)
 
     import ray
 
@@ -631,14 +712,15 @@ def run_study(
                 _warn(warning, err)
 
         # From here on the study's storage is written.
-        if options.overwrite and _study_exists(study):
+        if options.overwrite:
             _delete_study(study, tracking_uri, out)
         study.storage_root.mkdir(parents=True, exist_ok=True)
         tracker = StudyTracker(
             tracking_uri,
             study.name,
+            # MLflow params are write-once: only what --resume keeps fixed (the fingerprint).
             study_config={
-                "study": settings.model_dump(mode="json"),
+                "study": settings.model_dump(mode="json", exclude={"test_eval", "max_failures"}),
                 "search_space": study.space.to_dict(),
             },
             storage_root=study.storage_root,
@@ -650,6 +732,15 @@ def run_study(
         except TrackingUnavailableError as exc:
             raise StudyError(f"MLflow: {exc}") from None
         resumed = options.resume and tune.Tuner.can_restore(str(study.experiment_dir))
+        if not resumed:
+            _drop_stale_optuna_study(study, err)
+            if tracker.resumed and not options.resume:
+                _warn(
+                    f"MLflow at {tracking_uri} already has a study run named {study.name!r} "
+                    "(from an earlier study whose folder is gone); the new trials are added to "
+                    "it. Pass --overwrite to remove the old runs, or set another study.name",
+                    err,
+                )
         if not options.resume or read_study_json(study.experiment_dir) is None:
             write_study_json(study)
             data = json.loads(study.study_json.read_text())
@@ -664,13 +755,14 @@ def run_study(
             study_name=study.name,
             base=base,
             phases=study.phases,
-            seeds=study.seeds,
+            seeds=settings.seeds,
             dense_path=dense_path,
             dense_hash=dense_hash,
             tracking=tracker.trial_context(),
             gpu=settings.resources.gpu,
             allow_cpu_fallback=settings.allow_cpu_fallback,
             search_keys=study.space.keys,
+            test_eval=_evaluate_overrides(study) if settings.test_eval.every_trial else None,
         )
         param_space = {"s2ap": context}
         trainable = tune.with_resources(
@@ -726,10 +818,11 @@ def run_study(
         rows = _trial_rows(study, [r for r in _grid_trials(results)])
         n_err = sum(r["state"] == "ERROR" for r in rows)
         unfinished = [r for r in rows if r["state"] not in ("TERMINATED", "ERROR")]
+        n_stopped = sum(r["state"] == "TERMINATED" and not r["completed"] for r in rows)
         counts = (
             f"{len(rows)} trials: {sum(r['completed'] for r in rows)} completed, "
-            f"{sum(r['state'] == 'TERMINATED' and not r['completed'] for r in rows)} stopped early, "
-            f"{n_err} failed" + (f", {len(unfinished)} unfinished" if unfinished else "")
+            f"{n_stopped} stopped early, {n_err} failed"
+            + (f", {len(unfinished)} unfinished" if unfinished else "")
         )
         print("", file=out)
         print(format_trials_table(study, rows), file=out)
@@ -739,6 +832,7 @@ def run_study(
             tracker.finish("KILLED")
             return StudyOutcome(130, {"counts": counts, "trials": rows})
         _fix_orphan_optuna_trials(study)
+        _close_dangling_runs(tracker, rows)
         for r in rows:
             if r["state"] == "ERROR":
                 print(f"trial {r['trial_id']} failed: {_error_text(r['error'])}", file=err)
@@ -769,7 +863,8 @@ def run_study(
             if test:
                 numbers.update({f"best/{k}": v for k, v in test.items() if isinstance(v, float)})
             tracker.log_metrics(numbers, step=0)
-            tracker.log_params({"best": best["config"]})
+            # Tags, not params: a resumed study may pick another best trial.
+            tracker.set_tags({f"s2ap.best.{k}": v for k, v in best["config"].items()})
         tracker.log_artifact(study.summary_json)
         with _suppress_all():
             tracker.log_study_plots(

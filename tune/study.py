@@ -4,8 +4,44 @@ Layout of a study file (see ``configs/quickstart.yaml``)::
 
     name: ...; seed: ...; data: ...; model: ...; threat: ...; dense: ...; pretrain: ...
     prune: ...; finetune: ...; validation: ...; evaluate: ...   # the run config (RunConfig)
-    study: {...}                                                # StudySettings below
-    search_space: {prune.rho: {type: loguniform, low: 0.005, high: 0.5}, ...}
+    study:                                 # StudySettings; every key optional
+      name: <file stem>                    # folder, MLflow experiment and Optuna study name
+      storage_root: ./studies              # relative to the study file; shared on multi-node
+      num_samples: 8                       # trials (sampled configurations)
+      max_concurrent_trials: null          # null: as many as the resources allow
+      searcher: {kind: tpe, seed: 0, n_startup_trials: null, multivariate: true,
+                 points_to_evaluate: []}   # tpe | gp | cmaes | random | nsga2 | qmc | grid
+      objectives: [{metric: val_robust_acc, mode: max}]   # several: multi-objective Optuna;
+                                           # the first one drives ASHA and picks the best trial
+      scheduler: {kind: asha, grace_period: 1, reduction_factor: 2,
+                  time_attr: training_iteration, max_t: null, brackets: 1}   # or {kind: none}
+      resources: {cpu: 1, gpu: 0}          # per trial; gpu may be a fraction (< 1)
+      allow_cpu_fallback: false            # a trial given a GPU that torch cannot see fails
+      trainable: pipeline                  # pipeline (prune + finetune) | prune (prune only)
+      tracking_uri: null                   # null: sqlite:////<storage_root>/mlflow.db
+      seeds: null                          # [0, 1, 2]: replicates inside each trial (below)
+      test_eval: {enabled: true, every_trial: false, autoattack: null, n_examples: null,
+                  pgd_steps: null}         # best trial after the search (and every trial)
+      checkpoint: {frequency: 1, num_to_keep: 1}   # epochs between trial checkpoints
+      max_failures: 0                      # retries of a failed trial (from its checkpoint)
+      time_budget_s: null
+      reuse_actors: true                   # keeps the per-process dataset/dense-model cache
+    search_space:                          # dotted run-config path -> distribution
+      prune.rho: {type: loguniform, low: 0.005, high: 0.5}
+      prune.ascent_steps: {type: int, low: 1, high: 3}          # bounds inclusive; step, log
+      prune.perturbation: {type: choice, values: [score, random, none]}
+      finetune.lr: {type: uniform, low: 0.001, high: 0.05}      # step for a grid
+
+Seeds: the run config's ``seed`` seeds the dense model (pretrained once per study) and, without
+``study.seeds``, every trial. ``seed`` can be searched like any field. ``study.seeds: [0, 1, 2]``
+instead runs each sampled configuration once per seed *inside one trial*, in lockstep: Optuna
+and ASHA see the mean over seeds (plus ``val_robust_acc_std`` and ``mask_hamming_seeds``, the
+mean pairwise Hamming distance between the seeds' masks), so a configuration is judged on its
+average, not on a lucky seed, and the across-seed mask stability of the paper is measured.
+For per-seed runs instead (one MLflow run per seed, e.g. for ``s2ap report``'s arm comparison),
+search ``seed`` with the ``grid`` searcher: ``seed: {type: choice, values: [0, 1, 2]}``.
+Fields that define the data split and the dense model (``data.source``, ``model``, ``pretrain``,
+``dense``, ...) cannot be searched: every trial prunes the same dense model on the same split.
 
 :func:`load_study` reads the file, validates the run config, the study block and the search space
 (every path against :class:`RunConfig`, every corner of the space as a whole run config), and
@@ -111,6 +147,11 @@ class TestEvalConfig(_Strict):
     __test__ = False  # not a pytest class
 
     enabled: bool = True
+    every_trial: bool = Field(
+        False,
+        description="also evaluate every completed trial's selected model on the test set at "
+        "its end (logged to MLflow only, never reported to Optuna/ASHA): for comparison pages",
+    )
     autoattack: bool | None = None
     n_examples: int | None = Field(None, ge=1)
     pgd_steps: int | None = Field(None, ge=1)
@@ -192,9 +233,8 @@ class StudySettings(_Strict):
                     "metric such as val_robust_acc"
                 )
             if o.metric not in REPORTED_METRICS:
-                raise ValueError(
-                    f"unknown metric {o.metric!r}; trials report {', '.join(sorted(REPORTED_METRICS))}"
-                )
+                known = ", ".join(sorted(REPORTED_METRICS))
+                raise ValueError(f"unknown metric {o.metric!r}; trials report {known}")
             if o.metric in seen:
                 raise ValueError(f"metric {o.metric!r} is listed twice")
             seen.add(o.metric)
@@ -392,7 +432,7 @@ def load_study(
 
     try:
         space = parse_search_space(space_raw, where=f"{source}: search_space")
-        check_searcher(settings.searcher, settings.objectives, space)
+        check_searcher(settings.searcher, settings.objectives, space, settings.num_samples)
         if settings.seeds and "seed" in space.params:
             raise ConfigError(
                 f"{source}: search_space: seed: cannot be searched together with study.seeds "

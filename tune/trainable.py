@@ -66,10 +66,11 @@ _log = logging.getLogger(__name__)
 #: Key of the driver-prepared context in a trial's config.
 CONTEXT_KEY = "s2ap"
 #: Metrics only the prune phase measures (carried forward into finetune results).
-PRUNE_METRICS = ("mask_hamming", "sharpness", "perturbing")
+PRUNE_METRICS = ("mask_hamming", "sharpness", "perturbing", "hessian_top_eig")
 _STATE_FILE = "state.pt"
 _TRIAL_FILE = "trial.json"
 _MASK_FILE = "mask.s2mask"
+_TEST_FILE = "test.json"
 
 
 class TrialConfigError(ConfigError):
@@ -89,26 +90,32 @@ def make_trial_context(
     study_name: str,
     base: dict[str, Any],
     phases: tuple[str, ...],
-    seeds: list[int],
+    seeds: list[int] | None,
     dense_path: str | None = None,
     dense_hash: str | None = None,
     tracking: dict[str, str] | None = None,
     gpu: float = 0.0,
     allow_cpu_fallback: bool = False,
     search_keys: list[str] | None = None,
+    test_eval: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The plain-data context every trial of a study receives (``config["s2ap"]``)."""
+    """The plain-data context every trial of a study receives (``config["s2ap"]``).
+
+    ``test_eval``: when given (``evaluate`` overrides, possibly empty), every trial that
+    completes evaluates its selected model on the test set and logs ``test_*`` to MLflow.
+    """
     return {
         "study": study_name,
         "base": base,
         "phases": list(phases),
-        "seeds": list(seeds),
+        "seeds": list(seeds) if seeds else None,
         "dense_path": dense_path,
         "dense_hash": dense_hash,
         "tracking": tracking,
         "gpu": float(gpu),
         "allow_cpu_fallback": bool(allow_cpu_fallback),
         "search_keys": list(search_keys or []),
+        "test_eval": test_eval,
     }
 
 
@@ -265,6 +272,8 @@ class S2APTrainable(tune.Trainable):
 
     def setup(self, config: dict[str, Any]) -> None:
         self._trial_start_time = time.time()
+        # One INFO line per epoch checkpoint, forwarded to the driver: noise in a study's output.
+        logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
         self._build(config)
 
     # --- construction -------------------------------------------------------------------------
@@ -281,15 +290,28 @@ class S2APTrainable(tune.Trainable):
         self._finished = False
         self._last_prune: dict[str, Any] = {}
         self._logged_prune_end = False
+        self._test: dict[str, Any] | None = None
         self.pipelines: list[Pipeline] = []
         try:
             self.cfg = build_trial_config(ctx["base"], self._sampled)
         except ConfigError as exc:
             shown = ", ".join(f"{k}={v!r}" for k, v in self._sampled.items())
             raise TrialConfigError(f"sampled configuration ({shown}) is invalid:\n{exc}") from None
-        self._device, self._device_info = trial_device(ctx["gpu"], ctx["allow_cpu_fallback"])
+        # Replicates (study.seeds), else the trial's own seed (the run config's, or sampled).
+        self._seeds: list[int] = list(ctx.get("seeds") or [self.cfg.seed])
         self._open_tracker()
         try:
+            # After the run exists, so that a trial failing here shows in MLflow with the reason.
+            self._device, self._device_info = trial_device(ctx["gpu"], ctx["allow_cpu_fallback"])
+            if self._tracker is not None:
+                from tracking.runs import TAG_DEVICE
+
+                self._tracker.set_tags(
+                    {
+                        TAG_DEVICE: self._device_info["device_name"],
+                        "s2ap.gpu_ids": self._device_info["gpu_ids"],
+                    }
+                )
             data = cached_data(self.cfg, self._device)
             dense = cached_dense(ctx.get("dense_path"))
             phases = tuple(ctx["phases"])
@@ -301,7 +323,7 @@ class S2APTrainable(tune.Trainable):
                     device=self._device,
                     phases=phases,
                 )
-                for seed in ctx["seeds"]
+                for seed in self._seeds
             ]
         except BaseException as exc:
             self._finish("FAILED", error=exc)
@@ -312,7 +334,7 @@ class S2APTrainable(tune.Trainable):
             **self.cfg.model_dump(mode="json"),
             "study": {
                 "trainable": "prune" if list(self._ctx["phases"]) == ["prune"] else "pipeline",
-                "seeds": list(self._ctx["seeds"]),
+                "seeds": self._ctx.get("seeds"),
             },
         }
 
@@ -320,12 +342,10 @@ class S2APTrainable(tune.Trainable):
         tracking = self._ctx.get("tracking")
         if not tracking:
             return
-        from tracking.runs import TAG_DEVICE, TrialTracker
+        from tracking.runs import TrialTracker
 
         tags = {
             **_versions(),
-            TAG_DEVICE: self._device_info["device_name"],
-            "s2ap.gpu_ids": self._device_info["gpu_ids"],
             "s2ap.hostname": socket.gethostname(),
             "s2ap.trial_name": self.trial_name,
             "s2ap.searched": json.dumps(self._sampled, sort_keys=True),
@@ -392,31 +412,29 @@ class S2APTrainable(tune.Trainable):
         if self.done:
             result["done"] = True
             self._log_masks("final", current=False, weights=True)
+            if self._ctx.get("test_eval") is not None:
+                # MLflow only: Tune (Optuna, ASHA) never sees test numbers.
+                self._test = evaluate_pipelines(self.pipelines, self._ctx["test_eval"])
+                if self._tracker is not None:
+                    self._tracker.log_metrics(_test_metrics(self._test), step=int(result["epoch"]))
             self._finish("FINISHED")
         return result
 
     def _mask_header(self, seed: int, name: str, epoch: int) -> dict[str, Any]:
-        from tracking.artifacts import config_hash
+        """The header ``s2ap run`` writes (architecture, dataset, method, config and dense
+        hashes), plus where in the study the mask comes from."""
+        from tune.run import mask_header
 
-        return {
-            "architecture": self.cfg.model.arch,
-            "dataset": self.cfg.data.source,
-            "method": _method(self.cfg),
-            "config_hash": config_hash(
-                self.cfg.model_copy(update={"seed": seed}).model_dump(mode="json")
-            ),
-            "dense_hash": self._ctx.get("dense_hash"),
-            "target_sparsity": self.cfg.prune.sparsity,
-            "seed": seed,
-            "epoch": epoch,
-            "mask": name,
-            "searched": self._sampled,
-        }
+        header = mask_header(
+            self.cfg.model_copy(update={"seed": seed}), self._ctx.get("dense_hash")
+        )
+        header.update({"seed": seed, "epoch": epoch, "mask": name, "searched": self._sampled})
+        return header
 
     def _log_masks(self, name: str, *, current: bool, weights: bool = False) -> None:
         if self._tracker is None:
             return
-        for i, (seed, pipeline) in enumerate(zip(self._ctx["seeds"], self.pipelines)):
+        for i, (seed, pipeline) in enumerate(zip(self._seeds, self.pipelines)):
             suffix = "" if i == 0 else f"-seed{seed}"
             if current:
                 masks, epoch = pipeline.masks(), pipeline.global_epoch
@@ -431,7 +449,7 @@ class S2APTrainable(tune.Trainable):
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         state = {
             "format": 1,
-            "seeds": list(self._ctx["seeds"]),
+            "seeds": list(self._seeds),
             "pipelines": [p.state_dict() for p in self.pipelines],
             "last_prune": self._last_prune,
             "logged_prune_end": self._logged_prune_end,
@@ -440,14 +458,17 @@ class S2APTrainable(tune.Trainable):
         info = {
             "sampled": self._sampled,
             "run_config": self.cfg.model_dump(mode="json"),
-            "seeds": list(self._ctx["seeds"]),
+            "seeds": list(self._seeds),
             "phases": list(self._ctx["phases"]),
+            "params": self._params(),  # what the MLflow run holds (reopening must match)
             "study": self._ctx.get("study"),
             "trial_id": self.trial_id,
             "epoch": self.pipelines[0].global_epoch if self.pipelines else 0,
             "done": self.done,
         }
         Path(checkpoint_dir, _TRIAL_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
+        if self._test is not None:
+            Path(checkpoint_dir, _TEST_FILE).write_text(json.dumps(self._test, indent=2))
         if self.pipelines and self.pipelines[0].masking is not None:
             from tracking.artifacts import save_masks
 
@@ -455,7 +476,7 @@ class S2APTrainable(tune.Trainable):
             save_masks(
                 os.path.join(checkpoint_dir, _MASK_FILE),
                 masks,
-                self._mask_header(self._ctx["seeds"][0], "checkpoint", info["epoch"]),
+                self._mask_header(self._seeds[0], "checkpoint", info["epoch"]),
             )
         return None
 
@@ -463,7 +484,7 @@ class S2APTrainable(tune.Trainable):
         if not isinstance(checkpoint, str):
             raise ValueError(f"expected a checkpoint folder, got {type(checkpoint).__name__}")
         state = _load_state(checkpoint)
-        if list(state["seeds"]) != list(self._ctx["seeds"]):
+        if list(state["seeds"]) != list(self._seeds):
             raise ValueError(
                 f"checkpoint has seeds {state['seeds']} but the trial runs {self._ctx['seeds']}"
             )
@@ -471,6 +492,8 @@ class S2APTrainable(tune.Trainable):
             pipeline.load_state_dict(pstate)
         self._last_prune = dict(state.get("last_prune", {}))
         self._logged_prune_end = bool(state.get("logged_prune_end", False))
+        test = Path(checkpoint, _TEST_FILE)
+        self._test = json.loads(test.read_text()) if test.is_file() else None
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         # The previous trial ended here: completed (already finished) or stopped early.
@@ -526,6 +549,39 @@ def load_trial_checkpoint(
     return pipelines
 
 
+def _test_metrics(numbers: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in numbers.items() if k.startswith("test_") and isinstance(v, float)}
+
+
+def evaluate_pipelines(
+    pipelines: list[Pipeline], evaluate_overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Test-set numbers of the pipelines' selected models, averaged over seeds.
+
+    ``evaluate_overrides`` replace fields of the run config's ``evaluate`` section (without
+    changing the pipelines' own configs).
+    """
+    from s2ap.stages import evaluate_test
+
+    per_seed = []
+    for p in pipelines:
+        cfg = p.cfg
+        if evaluate_overrides:
+            cfg = cfg.model_copy(
+                update={"evaluate": cfg.evaluate.model_copy(update=evaluate_overrides)}
+            )
+        per_seed.append(evaluate_test(p.selected_model(), p.data, cfg))
+    keys = per_seed[0].keys()
+    out: dict[str, Any] = {k: sum(r[k] for r in per_seed) / len(per_seed) for k in keys}
+    best = [p.best.get("val_robust_acc", -1.0) for p in pipelines]
+    out["best_val_robust_acc"] = sum(best) / len(best)
+    out["selected_epoch"] = [int(p.best.get("epoch", -1)) for p in pipelines]
+    sparsities = [p.masking.sparsity_report()[0] for p in pipelines if p.masking is not None]
+    if sparsities:
+        out["sparsity"] = sum(sparsities) / len(sparsities)
+    return out
+
+
 def evaluate_trial_checkpoint(
     checkpoint_dir: str,
     *,
@@ -544,21 +600,7 @@ def evaluate_trial_checkpoint(
     """
     device, info = trial_device(gpu, allow_cpu_fallback)
     pipelines = load_trial_checkpoint(checkpoint_dir, device=device)
-    per_seed = []
-    for p in pipelines:
-        if evaluate_overrides:
-            p.cfg = p.cfg.model_copy(
-                update={"evaluate": p.cfg.evaluate.model_copy(update=evaluate_overrides)}
-            )
-        per_seed.append(p.evaluate_test())
-    keys = per_seed[0].keys()
-    out: dict[str, Any] = {k: sum(r[k] for r in per_seed) / len(per_seed) for k in keys}
-    best = [p.best.get("val_robust_acc", -1.0) for p in pipelines]
-    out["best_val_robust_acc"] = sum(best) / len(best)
-    out["selected_epoch"] = [int(p.best.get("epoch", -1)) for p in pipelines]
-    sparsities = [p.masking.sparsity_report()[0] for p in pipelines if p.masking is not None]
-    if sparsities:
-        out["sparsity"] = sum(sparsities) / len(sparsities)
+    out = evaluate_pipelines(pipelines, evaluate_overrides)
     out["device"] = info["device_name"]
     if tracking and trial_id:
         from tracking.runs import TrialTracker
@@ -572,7 +614,7 @@ def evaluate_trial_checkpoint(
             {"s2ap.best": "true"},
             storage_root=tracking.get("storage_root"),
         )
-        numbers = {k: v for k, v in out.items() if k.startswith("test_") and isinstance(v, float)}
+        numbers = _test_metrics(out)
         step = max(p.global_epoch for p in pipelines)
         tracker.log_metrics(numbers, step=step)
         tracker.finish("FINISHED")

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from tests.tune.conftest import run_cli, write_study
@@ -40,8 +41,20 @@ def test_study_on_a_local_cluster_and_as_a_ray_job(tmp_path: Path) -> None:
         assert "warning" not in res.stderr  # a cluster on this machine: local storage is fine
 
         # 2. s2ap submit: the same kind of study as a Ray Job (entrypoint s2ap tune --address auto).
+        # (a grid over the three arms; every trial evaluates itself on the test set at its end)
         path = write_study(
-            tmp_path / "job", {**SMALL, "study.name": "tiny-job", "pretrain.epochs": 0}
+            tmp_path / "job",
+            {
+                **SMALL,
+                "study.name": "tiny-job",
+                "study.num_samples": 3,
+                "study.searcher": {"kind": "grid"},
+                "study.test_eval": {"enabled": True, "every_trial": True},
+                "pretrain.epochs": 0,
+                "search_space": {
+                    "prune.perturbation": {"type": "choice", "values": ["none", "score", "random"]}
+                },
+            },
         )
         res = run_cli("submit", str(path), "--address", cluster.dashboard_url, timeout=120)
         assert res.returncode == 0, res.stdout + res.stderr
@@ -60,5 +73,12 @@ def test_study_on_a_local_cluster_and_as_a_ray_job(tmp_path: Path) -> None:
         assert status == JobStatus.SUCCEEDED, logs[-4000:]
         assert "best trial" in logs
         summary = json.loads((tmp_path / "job/studies/tiny-job/summary.json").read_text())
-        assert summary["counts"].startswith("2 trials: 2 completed")
+        assert summary["counts"].startswith("3 trials: 3 completed")
+        arms = sorted(r["config"]["prune.perturbation"] for r in summary["trials"])
+        assert arms == ["none", "random", "score"]
+        assert summary["test"]["test_clean_acc"] >= 0.0
+        client = MlflowClient(summary["tracking_uri"])
+        exp = client.get_experiment_by_name("tiny-job")
+        runs = client.search_runs([exp.experiment_id], "tags.`s2ap.role` = 'trial'")
+        assert len(runs) == 3 and all("test_pgd_acc" in r.data.metrics for r in runs)
     assert not cluster.pids(), "the cluster left processes behind"

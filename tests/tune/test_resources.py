@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mlflow.tracking import MlflowClient
 from ray import tune
 
 from tests.tune.conftest import run_cli, short_tmp, write_study
@@ -91,6 +92,13 @@ def test_fractional_gpus_share_and_fail_loudly(tmp_path: Path, ray_with_gpus: An
     assert all(t.status == "ERROR" for t in trials)
     text = Path(trials[0].error_file).read_text()
     assert "torch" in text and "sees no CUDA device" in text and "allow_cpu_fallback" in text
+    # ... and MLflow shows the failed runs with the reason.
+    client = MlflowClient(outcome.summary["tracking_uri"])
+    exp = client.get_experiment_by_name(study.name)
+    runs = client.search_runs([exp.experiment_id], "tags.`s2ap.role` = 'trial'")
+    assert len(runs) == 2
+    assert all(r.info.status == "FAILED" for r in runs)
+    assert all("sees no CUDA device" in r.data.tags["s2ap.error"] for r in runs)
 
 
 @pytest.mark.ray

@@ -50,6 +50,18 @@ def test_tiny_study_loads_with_absolute_paths(tmp_path: Path) -> None:
         ({"search_space/prune": {"type": "choice", "values": [1]}}, "is a section"),
         ({"study.searcher.points_to_evaluate": [{"prune.rho": 0.1}]}, "points_to_evaluate"),
         ({"dense.checkpoint": "missing.pt"}, "dense.checkpoint"),
+        # The grid searcher needs finite ranges; CMA-ES one objective.
+        ({"study.searcher": {"kind": "grid"}}, "prune.rho: a float range has no grid"),
+        (
+            {
+                "study.searcher": {"kind": "cmaes"},
+                "study.objectives": [
+                    {"metric": "val_robust_acc", "mode": "max"},
+                    {"metric": "sharpness", "mode": "min"},
+                ],
+            },
+            "single objective",
+        ),
     ],
 )
 def test_bad_fields_are_named(tmp_path: Path, updates: dict, expected: str) -> None:
@@ -112,3 +124,17 @@ def test_shipped_configs_validate() -> None:
     cifar = load_study(repo / "configs" / "study-cifar10-resnet18.yaml")
     assert cifar.settings.resources.gpu == 1
     assert cifar.run_config.model.arch == "resnet18"
+
+
+def test_grid_searcher_size(tmp_path: Path) -> None:
+    grid = {
+        "study.searcher": {"kind": "grid"},
+        "search_space": {
+            "prune.rho": {"type": "choice", "values": [0.05, 0.1]},
+            "seed": {"type": "choice", "values": [0, 1, 2]},
+        },
+    }
+    study = load_study(write_study(tmp_path, {**grid, "study.num_samples": 6}))
+    assert study.space.grid_size() == 6
+    with pytest.raises(StudyError, match="num_samples"):
+        load_study(write_study(tmp_path, {**grid, "study.num_samples": 7}))

@@ -4,6 +4,11 @@ MLflow records, the best checkpoint loads; then the CLI reads it back (status, m
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -11,7 +16,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.tune.conftest import write_study
+from tests.tune.conftest import S2AP, write_study
 from tune.cli import main
 from tune.service import LaunchOptions, run_study
 from tune.study import load_study
@@ -80,6 +85,10 @@ def test_tiny_study_end_to_end(
     assert best_run.data.params["prune.rho"] == str(best["config"]["prune.rho"])
     for tag in ("s2ap.ray_version", "s2ap.device", "s2ap.study", "s2ap.phase"):
         assert tag in best_run.data.tags
+    # The dense model was pretrained once for the study and every trial started from it.
+    (dense_file,) = sorted(study.dense_dir.glob("*.pt"))
+    assert dense_file.with_suffix(".json").is_file()
+    assert all(r.data.params["dense.checkpoint"] == str(dense_file) for r in runs)
     history = client.get_metric_history(best_run.info.run_id, "val_robust_acc")
     assert sorted(m.step for m in history) == list(range(1, study.epochs_per_trial + 1))
     for r in stopped:
@@ -101,9 +110,21 @@ def test_tiny_study_end_to_end(
     status = json.loads(capsys.readouterr().out)
     assert status["best"]["trial_id"] == best["trial_id"]
 
-    # Starting it again without --resume is refused; nothing is touched.
-    assert main(["tune", str(path)]) == 2
-    assert "--resume" in capsys.readouterr().err
+    # `s2ap evaluate` re-evaluates a trial's checkpoint on the test set (default: the best).
+    assert main(["evaluate", str(path), "--no-autoattack", "--n-examples", "16"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["trial_id"] == best["trial_id"] and evaluated["test_examples"] == 16
+    assert main(["evaluate", str(path), "--trial", "nope"]) == 2
+    assert "no such trial" in capsys.readouterr().err
+
+    # Launching a complete study again shows its results and runs nothing (no Ray start).
+    mtime = study.summary_json.stat().st_mtime_ns
+    assert main(["tune", str(path)]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert study.summary_json.stat().st_mtime_ns == mtime
+    # ... unless the study file changed: then it must be a new study (or --overwrite).
+    assert main(["tune", str(path), "--set", "prune.lr=0.05"]) == 2
+    assert "already exists" in capsys.readouterr().err
 
     # masks pull / apply / diff.
     pulled = tmp_path / "pulled"
@@ -131,3 +152,33 @@ def test_tiny_study_end_to_end(
     assert main(["masks", "diff", str(mask), str(ckpt_mask), "--json"]) == 0
     diff = json.loads(capsys.readouterr().out)
     assert 0.0 <= diff["overall"] <= 1.0 and set(diff["per_layer"]) == set(masks)
+
+    # `s2ap ui` serves the study's store on 127.0.0.1 until interrupted.
+    ui = subprocess.Popen(
+        [S2AP, "ui", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        line = ui.stdout.readline()
+        assert "MLflow UI for study tiny: http://127.0.0.1:" in line, line
+        url = line.split(": ", 1)[1].split()[0]
+        with urllib.request.urlopen(f"{url}/health", timeout=10) as resp:
+            assert resp.status == 200
+        ui.send_signal(signal.SIGINT)
+        assert ui.wait(timeout=30) == 0
+    finally:
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)
+            ui.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1)
+        except OSError:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the MLflow server outlived `s2ap ui`")

@@ -26,7 +26,7 @@ def _config(tmp_path: Path, **sampled: object) -> dict:
         study_name=study.name,
         base=study.base_dict(),
         phases=study.phases,
-        seeds=study.seeds,
+        seeds=study.settings.seeds,
     )
     return {"prune.rho": 0.1, "prune.ascent_steps": 1, **sampled, CONTEXT_KEY: ctx}
 
@@ -79,6 +79,11 @@ def test_several_seeds_report_mean_and_spread(tmp_path: Path) -> None:
     assert len(trainable.pipelines) == 2
     assert {"val_robust_acc_std", "mask_hamming_seeds"} <= set(r)
     assert 0.0 <= r["mask_hamming_seeds"] <= 1.0
+
+
+def test_a_searched_seed_seeds_the_trial(tmp_path: Path) -> None:
+    trainable = S2APTrainable(config=_config(tmp_path, seed=3))
+    assert [p.cfg.seed for p in trainable.pipelines] == [3]
 
 
 def test_invalid_sampled_config_names_the_field(tmp_path: Path) -> None:
