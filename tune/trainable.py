@@ -382,7 +382,9 @@ class S2APTrainable(tune.Trainable):
 
     def step(self) -> dict[str, Any]:
         if self.done:
-            # Restored from the final checkpoint of a finished trial: nothing left to run.
+            # Restored from the final checkpoint of a finished trial (its end was not in the
+            # experiment snapshot of a killed driver): nothing left to run; its run is closed.
+            self._finish("FINISHED")
             return {RESULT_DUPLICATE: True, "done": True}
         try:
             return self._step()
@@ -497,7 +499,7 @@ class S2APTrainable(tune.Trainable):
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         # The previous trial ended here: completed (already finished) or stopped early.
-        self._finish("KILLED")
+        self._finish("FINISHED" if self.done else "KILLED")
         self._trial_start_time = time.time()
         self._build(new_config)
         return True

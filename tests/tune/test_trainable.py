@@ -90,3 +90,32 @@ def test_invalid_sampled_config_names_the_field(tmp_path: Path) -> None:
     config = _config(tmp_path, **{"prune.ascent_steps": 0})
     with pytest.raises(TrialConfigError, match=r"prune\.ascent_steps"):
         S2APTrainable(config=config)
+
+
+def test_a_finished_trial_restored_from_its_final_checkpoint_stays_finished(tmp_path: Path) -> None:
+    """After a killed driver, Tune may restore a trial that had already finished: it must run
+    nothing, and its MLflow run (reopened by trial id) must end FINISHED again."""
+    from mlflow.tracking import MlflowClient
+
+    from tracking.runs import StudyTracker
+
+    config = _config(tmp_path)
+    tracker = StudyTracker(None, "restore-final", study_config={}, storage_root=tmp_path / "store")
+    tracker.start()
+    config[CONTEXT_KEY]["tracking"] = tracker.trial_context()
+    first = S2APTrainable(config=dict(config))
+    while not first.train()["done"]:
+        pass
+    client = MlflowClient(tracker.tracking_uri)
+    (run,) = client.search_runs([tracker.experiment_id], "tags.`s2ap.role` = 'trial'")
+    assert run.info.status == "FINISHED"
+    with tempfile.TemporaryDirectory() as ckpt:
+        first.save_checkpoint(ckpt)
+        again = S2APTrainable(config=dict(config))
+        assert client.get_run(run.info.run_id).info.status == "RUNNING"  # reopened
+        again.load_checkpoint(ckpt)
+        assert again.step().get("__duplicate__") is True
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    again.cleanup()  # the actor ends (or is reused): the run stays FINISHED
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    assert len(client.search_runs([tracker.experiment_id], "tags.`s2ap.role` = 'trial'")) == 1
