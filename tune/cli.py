@@ -369,9 +369,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         name, uri, _ = _study_or_name(arg, args.tracking_uri, args.storage_root)
         targets.append((name, uri))
     out = Path(args.out).absolute()
-    command = "s2ap report " + " ".join(args.studies)
+    command = "s2ap report " + " ".join([*args.studies, "--out", args.out])
     report = write_report(targets, out, figures_dir=args.figures_dir, command=command)
-    print(f"wrote {out} ({len(report.claims)} claims checked)")
+    print(f"wrote {out} ({len(report.runs)} trials, {len(report.claims)} claims checked)")
+    for claim in report.claims:
+        print(f"  {claim.verdict:<12} {claim.claim}")
     return 0
 
 
