@@ -64,8 +64,10 @@ TEST_METRICS = {
     "test_autoattack_acc": "AutoAttack",
 }
 #: The paper's prune-time overhead of S2AP over HYDRA, and the tolerance used to judge it.
+#: "About 15%" is read as 15% +- 10 points; the measured mean +- its standard error must lie
+#: inside that band to support the claim, and outside it to refute it.
 CLAIMED_OVERHEAD = 0.15
-OVERHEAD_TOLERANCE = 0.05
+OVERHEAD_TOLERANCE = 0.10
 
 SUPPORTS, REFUTES, CANNOT_TELL, MIXED = "supports", "refutes", "cannot tell", "mixed"
 
@@ -219,6 +221,12 @@ class TrialRun:
     def mean_post_warmup(self, key: str) -> float:
         vals = self.post_warmup(key)
         return statistics.fmean(vals) if vals else float("nan")
+
+    def prune_seconds(self) -> float:
+        """Median training seconds of the prune epochs after warm-up: the median, because on a
+        shared machine single epochs can be several times slower than the others."""
+        vals = self.post_warmup("epoch_time_s")
+        return statistics.median(vals) if vals else float("nan")
 
     def last_prune(self, key: str) -> float:
         vals = self.prune_series(key)
@@ -573,8 +581,8 @@ def prune_overhead(
     ratios_all: list[float] = []
     per: dict[float, list[float]] = defaultdict(list)
     for _label, a, b in _comparisons(cells, "S2AP", "HYDRA"):
-        ta = _by_seed(a, lambda r: r.mean_post_warmup("epoch_time_s"))
-        tb = _by_seed(b, lambda r: r.mean_post_warmup("epoch_time_s"))
+        ta = _by_seed(a, TrialRun.prune_seconds)
+        tb = _by_seed(b, TrialRun.prune_seconds)
         sparsity = a[0].sparsity
         for seed in sorted(set(ta) & set(tb)):
             if tb[seed] > 0 and math.isfinite(ta[seed]) and math.isfinite(tb[seed]):
@@ -592,25 +600,25 @@ def _time_claim(cells: Mapping[Cell, list[TrialRun]]) -> ClaimResult:
     )
     if pooled.n == 0:
         return ClaimResult(claim, CANNOT_TELL, ["no S2AP/HYDRA pair with prune-epoch times"])
-    tol = max(pooled.std, OVERHEAD_TOLERANCE)
-    off = pooled.mean - CLAIMED_OVERHEAD
-    if pooled.n < 2:
-        verdict = CANNOT_TELL
-    elif abs(off) <= tol:
+    se = pooled.std / math.sqrt(pooled.n) if pooled.n > 1 else float("inf")
+    lo, hi = pooled.mean - se, pooled.mean + se
+    band = (CLAIMED_OVERHEAD - OVERHEAD_TOLERANCE, CLAIMED_OVERHEAD + OVERHEAD_TOLERANCE)
+    if band[0] <= lo and hi <= band[1]:
         verdict = SUPPORTS
-    else:
+    elif hi < band[0] or lo > band[1]:
         verdict = REFUTES
+    else:
+        verdict = CANNOT_TELL
+    how = ""
+    if verdict == REFUTES:
+        how = (
+            " (S2AP is slower than claimed)" if lo > band[1] else " (S2AP costs less than claimed)"
+        )
     detail = [
-        f"measured overhead {pooled.mean:+.1%} ± {pooled.std:.1%} over {pooled.n} seed-paired "
-        f"runs; consistent with the claim when within max(std, {OVERHEAD_TOLERANCE:.0%}) of "
-        f"{CLAIMED_OVERHEAD:.0%}"
-        + (
-            ""
-            if verdict != REFUTES
-            else (
-                " (S2AP is slower than claimed)" if off > 0 else " (S2AP is cheaper than claimed)"
-            )
-        ),
+        f"measured overhead {pooled.mean:+.1%} ± {pooled.std:.1%} (std over {pooled.n} "
+        f"seed-paired runs; standard error {se:.1%}); 'about {CLAIMED_OVERHEAD:.0%}' is read as "
+        f"{band[0]:.0%}–{band[1]:.0%}: supported when mean ± standard error lies inside, refuted "
+        f"when it lies outside{how}",
         *[f"{label}: {m.mean:+.1%} ± {m.std:.1%} (n={m.n})" for label, m in per],
         "timings come from trials sharing 2 CPU cores with each other and with other jobs; "
         "treat them as rough",
@@ -781,10 +789,10 @@ def time_table(cells: Mapping[Cell, list[TrialRun]]) -> list[list[str]]:
     for c, rs in cells.items():
         by_sp[c.sparsity][c.arm].extend(rs)
     for sp, arms in sorted(by_sp.items()):
-        hydra = mean_std(r.mean_post_warmup("epoch_time_s") for r in arms.get("HYDRA", []))
+        hydra = mean_std(r.prune_seconds() for r in arms.get("HYDRA", []))
         for arm in sorted(arms, key=lambda a: ARM_ORDER.index(a) if a in ARM_ORDER else 99):
             rs = arms[arm]
-            post = mean_std(r.mean_post_warmup("epoch_time_s") for r in rs)
+            post = mean_std(r.prune_seconds() for r in rs)
             every = mean_std(
                 statistics.fmean(r.prune_series("epoch_time_s"))
                 for r in rs
@@ -978,7 +986,32 @@ def build_report(runs: Sequence[TrialRun], notes: Sequence[str] = ()) -> Report:
         claims += _landscape_claims(arm_cells)
         claims.append(_time_claim(arm_cells))
     claims += _sweep_claims(sweep_cells, arm_cells)
-    return Report(list(runs), arm_cells, sweep_cells, claims, list(notes))
+    return Report(list(runs), arm_cells, sweep_cells, claims, [*notes, *repeat_check(runs)])
+
+
+def repeat_check(runs: Sequence[TrialRun]) -> list[str]:
+    """Notes on configurations (cell and seed) that ran in more than one study: same dense
+    model, same seed, so their test numbers should agree; say how far apart they are."""
+    groups: dict[tuple[Cell, int], list[TrialRun]] = defaultdict(list)
+    for r in runs:
+        groups[(r.cell, r.seed)].append(r)
+    repeats = [rs for rs in groups.values() if len({r.study for r in rs}) > 1]
+    if not repeats:
+        return []
+    gaps = []
+    for rs in repeats:
+        for key in TEST_METRICS:
+            vals = [r.metrics.get(key, float("nan")) for r in rs]
+            if all(math.isfinite(v) for v in vals):
+                gaps.append(max(vals) - min(vals))
+    studies = sorted({r.study for rs in repeats for r in rs})
+    worst = max(gaps) if gaps else float("nan")
+    return [
+        f"repeat check: {len(repeats)} configuration(s) ran in several studies "
+        f"({', '.join(studies)}) with the same seed; the largest difference of a test accuracy "
+        f"between the repeats is {worst * 100:.2f} points"
+        + (" (bit-identical runs)" if worst == 0 else " (runs are not bit-identical)")
+    ]
 
 
 def _setup_lines(runs: Sequence[TrialRun]) -> list[str]:
@@ -1110,9 +1143,12 @@ def render_markdown(
 
         lines += ["## Pruning time", ""]
         lines.append(
-            "Training seconds per prune epoch (validation excluded), all prune epochs and the "
-            "epochs after warm-up (where S2AP adds its ascent pass); ratio = arm / HYDRA after "
-            "warm-up. AT and AWP trials both count (each ran its own prune phase)."
+            "Training seconds per prune epoch (validation excluded): the mean over all prune "
+            "epochs, and the median over the epochs after warm-up (where S2AP adds its ascent "
+            "pass; the median because single epochs on a shared machine can be several times "
+            "slower); ratio = arm / HYDRA after warm-up. Per run, then mean ± std over runs; AT "
+            "and AWP trials both count (each ran its own prune phase). Two trials ran at a time "
+            "on 2 shared CPU cores: read these as rough."
         )
         lines.append("")
         lines += _md_table(
@@ -1120,8 +1156,8 @@ def render_markdown(
                 "sparsity",
                 "arm",
                 "runs",
-                "s/epoch (all)",
-                "s/epoch (after warm-up)",
+                "s/epoch, all (mean)",
+                "s/epoch, after warm-up (median)",
                 "ratio to HYDRA",
             ],
             time_table(report.arm_cells),

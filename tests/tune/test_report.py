@@ -17,6 +17,7 @@ from tune.report import (
     CANNOT_TELL,
     REFUTES,
     SUPPORTS,
+    TrialRun,
     build_report,
     judge,
     load_trial_runs,
@@ -283,3 +284,52 @@ def test_report_unknown_study(
     code = main(["report", "nope", "--tracking-uri", uri, "--out", str(tmp_path / "r.md")])
     assert code == 2
     assert "no study 'nope'" in capsys.readouterr().err
+
+
+def _run(study: str, arm: str, seed: int, *, seconds: float, aa: float = 0.5) -> TrialRun:
+    """A TrialRun built directly (no MLflow): 4 prune epochs (warm-up 1), then finetuning."""
+    perturbation = {"HYDRA": "none", "S2AP": "score"}[arm]
+    params = {
+        "prune.perturbation": perturbation,
+        "prune.sparsity": "0.9",
+        "prune.rho": "0.1",
+        "prune.ascent_steps": "1",
+        "prune.warmup_epochs": "1",
+        "finetune.awp.enabled": "False",
+        "seed": str(seed),
+    }
+    history = {
+        "mask_hamming": [(1, 0.01), (2, 0.01), (3, 0.01), (4, 0.01)],
+        # prune epochs 1-4 (one slow outlier: contention; the median ignores it), finetune 5
+        "epoch_time_s": [(1, 1.0), (2, seconds), (3, seconds), (4, 50 * seconds), (5, 9.0)],
+        "sharpness": [(1, 0.1), (2, 0.1), (3, 0.1)],
+    }
+    metrics = {"test_autoattack_acc": aa, "test_clean_acc": 0.9, "test_pgd_acc": aa}
+    return TrialRun(study, f"{study}-{arm}-{seed}", f"t{seed}", params, metrics, history)
+
+
+@pytest.mark.parametrize(
+    ("s2ap_seconds", "verdict"),
+    [
+        ((1.14, 1.15, 1.16), SUPPORTS),  # +15% +- 1%
+        ((1.50, 1.55, 1.60), REFUTES),  # +55%: outside 5-25%
+        ((0.90, 1.30, 1.70), CANNOT_TELL),  # +30% +- 40%: the band and the noise overlap
+    ],
+)
+def test_time_claim(s2ap_seconds: tuple[float, ...], verdict: str) -> None:
+    runs = [_run("a", "HYDRA", i, seconds=1.0) for i in range(3)]
+    runs += [_run("a", "S2AP", i, seconds=t) for i, t in enumerate(s2ap_seconds)]
+    report = build_report(runs)
+    assert runs[0].prune_seconds() == 1.0  # median of the post-warm-up epochs 2-4
+    assert _find(_claims(report), "S2AP costs about 15% more pruning time") == verdict
+
+
+def test_repeat_check_note() -> None:
+    runs = [_run("a", "HYDRA", i, seconds=1.0) for i in range(3)]
+    runs += [_run("a", "S2AP", i, seconds=1.1, aa=0.6) for i in range(3)]
+    runs.append(_run("b", "S2AP", 0, seconds=1.1, aa=0.6))  # the same config + seed again
+    notes = build_report(runs).notes
+    assert len(notes) == 1 and "1 configuration(s) ran in several studies (a, b)" in notes[0]
+    assert "0.00 points (bit-identical runs)" in notes[0]
+    runs[-1].metrics["test_autoattack_acc"] = 0.61
+    assert "1.00 points (runs are not bit-identical)" in build_report(runs).notes[0]
