@@ -19,7 +19,7 @@ import contextlib
 import copy
 import fnmatch
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
@@ -425,12 +425,6 @@ class ScoreMasking:
 def get_masking(model: nn.Module) -> ScoreMasking | None:
     """The :class:`ScoreMasking` attached to ``model``, if any."""
     return getattr(model, "_s2ap_masking", None)
-
-
-def iter_masked_layers(model: nn.Module) -> Iterator[tuple[str, MaskedLayer]]:
-    for name, module in model.named_modules():
-        if isinstance(module, MaskedLayer):
-            yield name, module
 
 
 def apply_masks_to_state_dict(

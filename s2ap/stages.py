@@ -149,8 +149,8 @@ class TrainingStage:
         self.epoch = 0
         self.augment = augmentation(cfg.data, data)
         self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + seed_offset)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(self.params, stage_cfg)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(trainable, stage_cfg)
         self.schedule = make_schedule(self.optimizer, stage_cfg)
         self.update = self.make_update()
         self.objective = make_objective(
