@@ -20,7 +20,7 @@ from s2ap.masking import ScoreMasking, get_masking
 from s2ap.models import create_model
 from s2ap.stages import FinetuneStage, PretrainStage, PruneStage, TrainingStage, evaluate_test
 
-__all__ = ["PHASES", "Pipeline", "load_data", "resolve_device"]
+__all__ = ["PHASES", "Pipeline", "load_data", "load_state_file", "resolve_device"]
 
 PHASES = ("pretrain", "prune", "finetune")
 
@@ -28,6 +28,17 @@ PHASES = ("pretrain", "prune", "finetune")
 def _cpu_copy(state: dict[str, Any]) -> dict[str, Any]:
     """Detached CPU copy of a state dict (masked layers also carry a small ``_extra_state``)."""
     return {k: v.detach().cpu().clone() if torch.is_tensor(v) else v for k, v in state.items()}
+
+
+def load_state_file(path: str) -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors or a ``torch.save`` file, never running pickled code."""
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic == b"PK" or magic[:1] == b"\x80":  # torch.save: zip archive, or legacy pickle
+        return torch.load(path, map_location="cpu", weights_only=True)
+    from safetensors.torch import load_file
+
+    return load_file(path)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -94,7 +105,7 @@ class Pipeline:
         self.data = (data or load_data(cfg, self.device)).to(self.device)
         self.model = build_model(cfg, self.data).to(self.device)
         if dense_state is None and cfg.dense.checkpoint:
-            dense_state = torch.load(cfg.dense.checkpoint, map_location="cpu", weights_only=True)
+            dense_state = load_state_file(cfg.dense.checkpoint)
         if dense_state is not None:
             self.model.load_state_dict(dense_state)
         self.phases = [

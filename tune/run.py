@@ -5,7 +5,7 @@ pretrain (or load a dense checkpoint) -> prune -> finetune -> evaluate, writing 
 - ``config.yaml``     the validated configuration, every default filled in
 - ``metrics.jsonl``   one JSON line per epoch (all phases)
 - ``checkpoint.pt``   the full pipeline state after the last epoch (``--resume`` continues it)
-- ``dense.pt``        the dense robust model after pretraining (when pretraining ran)
+- ``dense.safetensors`` the dense robust model after pretraining (when pretraining ran)
 - ``mask.s2mask``     the final mask (bit-packed, hashed; ``s2ap masks diff/apply`` read it)
 - ``model.safetensors`` the selected finetuned model, plain architecture, pruned weights zero
 - ``summary.json``    validation and test numbers of the selected model
@@ -146,7 +146,10 @@ def run_to_folder(
 
     bar = tqdm(total=total, initial=pipeline.global_epoch, disable=not progress, unit="epoch")
     started = time.perf_counter()
-    dense_hash = file_sha256(out / "dense.pt") if (out / "dense.pt").exists() else None
+    dense_file = out / "dense.safetensors"
+    if not dense_file.exists() and cfg.dense.checkpoint:
+        dense_file = Path(cfg.dense.checkpoint)
+    dense_hash = file_sha256(dense_file) if dense_file.exists() else None
     with (out / "metrics.jsonl").open("a") as metrics_file:
         while not pipeline.done:
             phase = pipeline.phase
@@ -154,7 +157,7 @@ def run_to_folder(
             metrics_file.write(json.dumps(record) + "\n")
             metrics_file.flush()
             if phase == "pretrain" and pipeline.phase != "pretrain":
-                dense_hash = save_state_dict(out / "dense.pt", pipeline.dense_state_dict())
+                dense_hash = save_state_dict(dense_file, pipeline.dense_state_dict())
             _atomic_torch_save(pipeline.state_dict(), out / CHECKPOINT)
             bar.set_description(phase)
             bar.set_postfix(

@@ -136,3 +136,24 @@ def test_config_errors_name_the_field(tmp_path):
     assert "warmup_epochs" in error_for("prune: {epochs: 2, warmup_epochs: 2}\n")
     with pytest.raises(ConfigError, match="no such file"):
         load_run_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("fmt", ["torch", "safetensors"])
+def test_dense_checkpoint_in_either_format_skips_pretraining(tmp_path, fmt):
+    from safetensors.torch import save_file
+
+    cfg = tiny_config()
+    data = load_data(cfg)
+    dense = Pipeline(cfg, data=data, phases=("pretrain",))
+    dense.run()
+    state = {k: v.contiguous() for k, v in dense.dense_state_dict().items()}
+    path = tmp_path / f"dense.{fmt}"
+    if fmt == "torch":
+        torch.save(state, path)
+    else:
+        save_file(state, str(path))
+    cfg = tiny_config(**{"dense.checkpoint": str(path)})
+    pipeline = Pipeline(cfg, data=data)
+    assert pipeline.phases == ["prune", "finetune"]
+    loaded = pipeline.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())

@@ -46,7 +46,7 @@ def test_run_writes_every_output(finished_run):
         "config.yaml",
         "metrics.jsonl",
         "checkpoint.pt",
-        "dense.pt",
+        "dense.safetensors",
         "mask.s2mask",
         "mask-prune.s2mask",
         "model.safetensors",
