@@ -553,6 +553,14 @@ def _landscape_claims(cells: Mapping[Cell, list[TrialRun]]) -> list[ClaimResult]
             " % of the masked weights",
         ),
         _claim_compare(
+            "… and at the last prune epoch (how settled the final mask is)",
+            pairs,
+            lambda r: r.last_prune("mask_hamming") * 100,
+            "less",
+            _fmt_g,
+            " % of the masked weights",
+        ),
+        _claim_compare(
             "S2AP finds flatter score landscapes: smaller score-space sharpness L(s+z*) − L(s) at "
             "the end of pruning (same radius for every arm)",
             pairs,
@@ -775,6 +783,7 @@ def landscape_table(cells: Mapping[Cell, list[TrialRun]]) -> list[list[str]]:
                 c.arm if c.rho is None else f"{c.arm} (rho {c.rho:g})",
                 str(len(rs)),
                 _fmt_small(mean_std(r.mean_post_warmup("mask_hamming") * 100 for r in rs)),
+                _fmt_small(mean_std(r.last_prune("mask_hamming") * 100 for r in rs)),
                 _fmt_small(mean_std(r.last_prune("sharpness") for r in rs)),
                 _fmt_small(mean_std(_values(rs, _metric("hessian_top_eig")))),
             ]
@@ -1122,7 +1131,8 @@ def render_markdown(
 
         lines += ["## Score-space flatness at the end of pruning", ""]
         lines.append(
-            "Hamming: mean over the prune epochs after warm-up (percent). Sharpness: "
+            "Hamming: mean over the prune epochs after warm-up, and at the last prune epoch "
+            "(percent of the masked weights). Sharpness: "
             "L(s+z*) − L(s) at the same radius for every arm (validation.sharpness_rho) on a "
             "fixed validation batch. Hessian: top eigenvalue of the loss Hessian w.r.t. the "
             "scores (power iteration), last prune epoch."
@@ -1134,6 +1144,7 @@ def render_markdown(
                 "arm",
                 "seeds",
                 "Hamming after warm-up (%)",
+                "Hamming, last epoch (%)",
                 "sharpness",
                 "Hessian top eig",
             ],
@@ -1180,7 +1191,7 @@ def render_markdown(
                 "clean",
                 "PGD",
                 "AutoAttack",
-                "Hamming (%)",
+                "Hamming after warm-up (%)",
                 "sharpness",
                 "Hessian top eig",
             ],

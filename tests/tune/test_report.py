@@ -245,6 +245,7 @@ def test_report_from_mlflow_runs(fake_store: tuple[str, dict[str, str]]) -> None
     assert _find(claims, "The gain comes from the sharpness-aware direction") == SUPPORTS
     assert _find(claims, "S2AP keeps clean accuracy") == SUPPORTS  # equal clean accuracy
     assert _find(claims, "S2AP masks are more stable") == SUPPORTS
+    assert _find(claims, "… and at the last prune epoch") == SUPPORTS
     assert _find(claims, "S2AP finds flatter score landscapes: smaller score-space") == CANNOT_TELL
     assert _find(claims, "S2AP finds flatter score landscapes: smaller top Hessian") == REFUTES
     assert _find(claims, "S2AP costs about 15% more pruning time") == SUPPORTS
