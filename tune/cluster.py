@@ -1,15 +1,14 @@
-"""Ray cluster commands, a one-box cluster for tests and trials, and a storage sanity check.
+"""Ray cluster commands, the node health check, and a storage sanity check.
 
 One source of truth for the ``ray start`` command lines: the Docker compose file and the KubeRay
 manifests in ``docker/`` run exactly the argv that :func:`ray_head_command` and
 :func:`ray_worker_command` build (``tests/docker/test_recipes.py`` compares them), and
-:class:`LocalRayCluster` runs the same argv on this machine. So the commands the tests exercise
-are the commands the images run.
+:func:`loopback_head` runs the same argv on 127.0.0.1 (``python -m tune.cluster local``, and the
+test suite's supervised cluster in ``tests/support/ray_cluster.py``). So the commands the tests
+exercise are the commands the images run.
 
-:class:`LocalRayCluster` starts ``ray start --head --block`` as a child process in its own process
-group and session, on free ports of 127.0.0.1, with its own temp dir; :meth:`LocalRayCluster.stop`
-stops every process it started (by PID, never ``ray stop``: other Ray clusters on the same machine
-are left alone).
+:func:`node_healthy` is the containers' health check (``python -m tune.cluster health``): it asks
+Ray's public health endpoints, which need no token even with token auth.
 
 :func:`check_storage_for_address` warns when a study is about to run on a multi-node cluster with
 a storage root that only exists on one machine: since Ray 2.7, Tune no longer syncs trial
@@ -20,8 +19,6 @@ it must be object storage (``s3://``, ``gs://``).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import json
 import os
 import shutil
@@ -33,23 +30,26 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
-
-if TYPE_CHECKING:
-    import psutil
 
 __all__ = [
     "DASHBOARD_AGENT_LISTEN_PORT",
     "LOCAL_ADDRESSES",
-    "LocalRayCluster",
+    "LoopbackHead",
     "check_storage_for_address",
+    "free_ports",
+    "head_environment",
+    "loopback_head",
+    "main",
     "node_healthy",
+    "ray_executable",
     "ray_head_command",
     "ray_worker_command",
+    "wait_for_head",
 ]
 
 #: Addresses that mean "a Ray runtime on this machine" (``None`` and ``""`` too).
@@ -64,6 +64,9 @@ DASHBOARD_AGENT_LISTEN_PORT = 52365
 # Public (no token needed even with RAY_AUTH_MODE=token) health endpoints of Ray 2.60.
 _GCS_HEALTH_PATH = "/api/gcs_healthz"
 _RAYLET_HEALTH_PATH = "/api/local_raylet_healthz"
+
+# Ray's unix socket paths must stay under 107 bytes: one-box heads get a short temp dir.
+_SHORT_TMP = "/tmp" if os.name == "posix" else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,22 +282,16 @@ def check_storage_for_address(
 
 
 # --------------------------------------------------------------------------------------------
-# One-box cluster
+# Health check
 # --------------------------------------------------------------------------------------------
 
 
-def _free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct free TCP ports on ``host`` (held open together so they differ)."""
-    sockets = []
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
 
 
 def node_healthy(
@@ -314,25 +311,26 @@ def node_healthy(
     )
 
 
-def _psutil() -> Any:
-    """psutil, imported on first use: Ray 2.60 vendors it under ``ray/thirdparty_files``, which
-    ``import ray`` puts on ``sys.path`` when no standalone psutil is installed."""
+# --------------------------------------------------------------------------------------------
+# A head node on 127.0.0.1
+# --------------------------------------------------------------------------------------------
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free TCP ports on ``host`` (held open together so they differ)."""
+    sockets = []
     try:
-        return importlib.import_module("psutil")
-    except ImportError:
-        importlib.import_module("ray")  # puts ray/thirdparty_files on sys.path
-        return importlib.import_module("psutil")
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((host, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
-def _http_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return 200 <= response.status < 300
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def _ray_executable() -> str:
+def ray_executable() -> str:
     """The ``ray`` script of the running interpreter's environment (a venv may not be on PATH)."""
     candidate = Path(sys.executable).with_name("ray")
     if candidate.is_file():
@@ -346,325 +344,162 @@ def _ray_executable() -> str:
     return found
 
 
-class LocalRayCluster:
-    """A real Ray cluster (head node only) on 127.0.0.1, started and stopped by PID.
+@dataclass(frozen=True)
+class LoopbackHead:
+    """A head node on 127.0.0.1: its ports, its temp dir and its ``ray start`` argv."""
 
-    For tests, and for users who want to try ``--address``/``s2ap submit`` on one machine::
-
-        with LocalRayCluster(num_cpus=2) as cluster:
-            ray.init(address=cluster.address)          # "127.0.0.1:PORT"
-            JobSubmissionClient(cluster.dashboard_url)  # "http://127.0.0.1:PORT"
-
-    The head runs ``ray start --head --block`` (the argv of :func:`ray_head_command`) in its own
-    session/process group, with free ports and a private temp dir (short, under the system temp
-    dir: Ray's unix socket paths must stay under 107 bytes). ``stop()`` sends SIGTERM to it (Ray
-    tears down raylet, GCS, dashboard and workers), then kills whatever it recorded as started by
-    this cluster and is still alive: the descendants of the head process, the members of its
-    process group, and processes whose command line names its temp dir.
-    """
-
-    def __init__(
-        self,
-        *,
-        num_cpus: int | None = 2,
-        num_gpus: int | None = 0,
-        resources: Mapping[str, float] | None = None,
-        object_store_memory: int | None = 100 * 1024 * 1024,
-        temp_dir: str | os.PathLike[str] | None = None,
-        env: Mapping[str, str] | None = None,
-        start_timeout_s: float = 90.0,
-        stop_timeout_s: float = 30.0,
-        keep_temp_dir: bool = False,
-    ) -> None:
-        self.num_cpus = num_cpus
-        self.num_gpus = num_gpus
-        self.resources = dict(resources) if resources else None
-        self.object_store_memory = object_store_memory
-        self.env = dict(env or {})
-        self.start_timeout_s = start_timeout_s
-        self.stop_timeout_s = stop_timeout_s
-        self.keep_temp_dir = keep_temp_dir
-        self._own_temp_dir = temp_dir is None
-        self._temp_dir_arg = None if temp_dir is None else os.path.abspath(os.fspath(temp_dir))
-        self.temp_dir: str | None = None
-        self.port: int | None = None
-        self.dashboard_port: int | None = None
-        self.dashboard_agent_listen_port: int | None = None
-        self.ray_client_server_port: int | None = None
-        self.command: list[str] | None = None
-        self.log_path: str | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: Any = None
-        self._known: dict[int, psutil.Process] = {}
-        self._leader_pid: int | None = None
-        #: PIDs that :meth:`stop` had to SIGKILL because SIGTERM did not take them down.
-        self.force_killed: list[int] = []
-
-    # ---- addresses ---------------------------------------------------------------------------
+    command: tuple[str, ...]
+    port: int
+    dashboard_port: int
+    dashboard_agent_listen_port: int
+    ray_client_server_port: int
+    temp_dir: str
 
     @property
     def address(self) -> str:
         """GCS address for ``ray.init(address=...)`` / ``s2ap tune --address``."""
-        self._require_started()
         return f"127.0.0.1:{self.port}"
 
     @property
     def dashboard_url(self) -> str:
         """Dashboard and job API URL for ``JobSubmissionClient`` / ``s2ap submit --address``."""
-        self._require_started()
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    @property
-    def pid(self) -> int | None:
-        """PID of the ``ray start --head --block`` process (also its process group id)."""
-        return None if self._proc is None else self._proc.pid
-
-    def _require_started(self) -> None:
-        if self._proc is None or self.port is None:
-            raise RuntimeError("LocalRayCluster is not started: call start() or use `with`")
-
-    # ---- lifecycle ---------------------------------------------------------------------------
-
-    def __enter__(self) -> LocalRayCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = f"address={self.address!r}" if self._proc is not None else "not started"
-        return f"LocalRayCluster({state})"
-
-    def start(self) -> LocalRayCluster:
-        """Start the head and wait until the GCS, the dashboard and the raylet answer."""
-        if self._proc is not None:
-            raise RuntimeError("LocalRayCluster is already started")
-        if self._own_temp_dir:
-            self.temp_dir = tempfile.mkdtemp(
-                prefix="s2ray-", dir="/tmp" if os.name == "posix" else None
-            )
-        else:
-            assert self._temp_dir_arg is not None
-            os.makedirs(self._temp_dir_arg, exist_ok=True)
-            self.temp_dir = self._temp_dir_arg
-        (
-            self.port,
-            self.dashboard_port,
-            self.dashboard_agent_listen_port,
-            self.ray_client_server_port,
-        ) = _free_ports(4)
-        self.command = ray_head_command(
-            port=self.port,
-            dashboard_host="127.0.0.1",
-            dashboard_port=self.dashboard_port,
-            temp_dir=self.temp_dir,
-            num_cpus=self.num_cpus,
-            num_gpus=self.num_gpus,
-            resources=self.resources,
-            node_ip_address="127.0.0.1",
-            object_store_memory=self.object_store_memory,
-            dashboard_agent_listen_port=self.dashboard_agent_listen_port,
-            ray_client_server_port=self.ray_client_server_port,
-            ray_executable=_ray_executable(),
-        )
-        env = dict(os.environ)
-        # Stop promptly: the 30 s SIGTERM drain is for Serve replicas, not for a one-box cluster.
-        env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
-        env.update(self.env)
-        self.log_path = os.path.join(self.temp_dir, "ray-start.log")
-        self._log_file = open(self.log_path, "wb")
-        self._proc = subprocess.Popen(
-            self.command,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        self._leader_pid = self._proc.pid
-        self._remember(_psutil().Process(self._proc.pid))
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        self._record_processes()
-        return self
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.start_timeout_s
-        assert self.dashboard_agent_listen_port is not None
-        gcs = f"{self.dashboard_url}{_GCS_HEALTH_PATH}"
-        raylet = f"http://127.0.0.1:{self.dashboard_agent_listen_port}{_RAYLET_HEALTH_PATH}"
-        while time.monotonic() < deadline:
-            assert self._proc is not None
-            self._record_processes()
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"`ray start --head` exited with code {self._proc.returncode} before the "
-                    f"cluster was ready; its output ({self.log_path}):\n{self.log_tail()}"
-                )
-            if node_healthy(
-                agent_port=self.dashboard_agent_listen_port, dashboard_port=self.dashboard_port
-            ):
-                return
-            time.sleep(0.5)
-        raise TimeoutError(
-            f"the Ray head did not answer {gcs} and {raylet} within {self.start_timeout_s} s "
-            f"(raise start_timeout_s on a slow machine); its output ({self.log_path}):\n"
-            f"{self.log_tail()}"
+    def healthy(self) -> bool:
+        """Whether the GCS, the dashboard and the raylet answer."""
+        return node_healthy(
+            agent_port=self.dashboard_agent_listen_port, dashboard_port=self.dashboard_port
         )
 
-    def log_tail(self, max_chars: int = 4000) -> str:
-        """The end of the ``ray start`` output (for error messages)."""
-        if not self.log_path or not os.path.exists(self.log_path):
-            return ""
-        with open(self.log_path, "rb") as handle:
-            data = handle.read()
-        return data[-max_chars:].decode("utf-8", "replace")
 
-    # ---- process bookkeeping -----------------------------------------------------------------
-
-    def _remember(self, proc: psutil.Process) -> None:
-        psutil = _psutil()
-        with contextlib.suppress(psutil.Error):
-            proc.create_time()  # cached: is_running() then also guards against PID reuse
-            self._known.setdefault(proc.pid, proc)
-
-    def _session_processes(self) -> list[psutil.Process]:
-        """Live processes of this cluster: descendants of the head process, members of its
-        session (``start_new_session``: Ray's workers get their own process group but stay in
-        the session), and processes whose command line names this cluster's temp dir."""
-        psutil = _psutil()
-        found: list[psutil.Process] = []
-        if self._proc is not None:
-            with contextlib.suppress(psutil.Error):
-                found += psutil.Process(self._proc.pid).children(recursive=True)
-        leader = self._leader_pid if self._leader_pid_is_ours() else None
-        marker = self.temp_dir
-        me = os.getpid()
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            if proc.pid == me:
-                continue
-            try:
-                if leader is not None and leader in (os.getsid(proc.pid), os.getpgid(proc.pid)):
-                    found.append(proc)
-                    continue
-                cmdline = proc.info.get("cmdline") or []
-                if marker and any(marker in part for part in cmdline):
-                    found.append(proc)
-            except (psutil.Error, OSError):
-                continue
-        return found
-
-    def _leader_pid_is_ours(self) -> bool:
-        """False once the head's PID could belong to someone else (exited and reused)."""
-        if self._leader_pid is None:
-            return False
-        recorded = self._known.get(self._leader_pid)
-        if recorded is None:
-            return False
-        psutil = _psutil()
-        try:
-            current = psutil.Process(self._leader_pid)
-            return current.create_time() == recorded.create_time()
-        except psutil.Error:
-            # Gone: Linux does not hand out a PID while it is still a live session/group id,
-            # so processes that carry it are this cluster's.
-            return True
-
-    def _record_processes(self) -> None:
-        for proc in self._session_processes():
-            self._remember(proc)
-
-    def pids(self) -> set[int]:
-        """PIDs of this cluster's processes that are alive now."""
-        self._record_processes()
-        return {pid for pid, proc in self._known.items() if _alive(proc)}
-
-    def started_pids(self) -> set[int]:
-        """Every PID this cluster recorded as its own since start (alive or not)."""
-        return set(self._known)
-
-    def stop(self) -> None:
-        """Stop the head and every process it started; idempotent.
-
-        SIGTERM to ``ray start --block`` makes Ray kill raylet, GCS, dashboard and, through the
-        raylet, the workers. Whatever of this cluster is still alive after that (recorded PIDs,
-        session members, processes naming the temp dir) gets SIGKILL; their PIDs are kept in
-        :attr:`force_killed` (empty when SIGTERM alone was enough).
-        """
-        if self._proc is None:
-            return
-        psutil = _psutil()
-        proc = self._proc
-        self._record_processes()
-        try:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=self.stop_timeout_s)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    proc.wait(timeout=10)
-            self._record_processes()
-            remaining = _wait_gone(list(self._known.values()), timeout=5.0)
-            for _ in range(3):
-                remaining += [p for p in self._session_processes() if _alive(p)]
-                if not remaining:
-                    break
-                for straggler in remaining:
-                    self._remember(straggler)
-                    self.force_killed.append(straggler.pid)
-                    with contextlib.suppress(psutil.Error):
-                        straggler.kill()
-                remaining = _wait_gone(remaining, timeout=5.0)
-        finally:
-            self._proc = None
-            self._leader_pid = None
-            if self._log_file is not None:
-                self._log_file.close()
-                self._log_file = None
-            if self._own_temp_dir and not self.keep_temp_dir and self.temp_dir:
-                shutil.rmtree(self.temp_dir, ignore_errors=True)
+def loopback_head(
+    temp_dir: str,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    resources: Mapping[str, float] | str | None = None,
+    object_store_memory: int | None = None,
+) -> LoopbackHead:
+    """The recipes' ``ray start --head --block`` (:func:`ray_head_command`) on free ports of
+    127.0.0.1, with ``temp_dir`` as Ray's temp dir (keep it short: Ray's unix socket paths must
+    stay under 107 bytes). Starts nothing."""
+    port, dashboard, agent, client = free_ports(4)
+    command = ray_head_command(
+        port=port,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard,
+        temp_dir=temp_dir,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        resources=resources,
+        node_ip_address="127.0.0.1",
+        object_store_memory=object_store_memory,
+        dashboard_agent_listen_port=agent,
+        ray_client_server_port=client,
+        ray_executable=ray_executable(),
+    )
+    return LoopbackHead(tuple(command), port, dashboard, agent, client, temp_dir)
 
 
-def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """Wait until none of ``procs`` is alive (zombies count as gone); return the survivors."""
-    deadline = time.monotonic() + timeout
-    alive = [p for p in procs if _alive(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.1)
-        alive = [p for p in alive if _alive(p)]
-    return alive
+def head_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a one-box head, plus ``extra``."""
+    env = dict(os.environ)
+    # Stop promptly: the 30 s SIGTERM drain is for Serve replicas, not for a one-box cluster.
+    env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
+    env.update(extra or {})
+    return env
 
 
-def _alive(proc: psutil.Process) -> bool:
-    psutil = _psutil()
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+def wait_for_head(
+    proc: subprocess.Popen[bytes],
+    head: LoopbackHead,
+    *,
+    timeout_s: float,
+    output: Callable[[], str] | None = None,
+    on_poll: Callable[[], None] | None = None,
+) -> None:
+    """Block until ``head`` (started as ``proc``) answers its health checks.
 
-
-# --------------------------------------------------------------------------------------------
-# `python -m tune.cluster`: print the commands, or run a one-box cluster until Ctrl-C
-# --------------------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tune.cluster local|health`` (see ``--help``).
-
-    ``local`` runs a one-box cluster until Ctrl-C. ``health`` is the container health check of
-    the recipes (exit 0 when this node's raylet, and with ``--dashboard-port`` the GCS, answer).
+    Raises ``RuntimeError`` when ``ray start`` exits first and ``TimeoutError`` after
+    ``timeout_s``; both messages end with ``output()`` (e.g. the tail of its log).
+    ``on_poll`` runs before every check (a supervisor records the processes Ray starts).
     """
+    deadline = time.monotonic() + timeout_s
+    output = output or (lambda: "")
+    while time.monotonic() < deadline:
+        if on_poll is not None:
+            on_poll()
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"`ray start --head` exited with code {proc.returncode} before the cluster was "
+                f"ready; its output:\n{output()}"
+            )
+        if head.healthy():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(
+        f"the Ray head did not answer {head.dashboard_url}{_GCS_HEALTH_PATH} and "
+        f"http://127.0.0.1:{head.dashboard_agent_listen_port}{_RAYLET_HEALTH_PATH} within "
+        f"{timeout_s} s (`ray start` may need longer on a slow machine); its output:\n{output()}"
+    )
+
+
+def run_local_head(
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    object_store_memory: int | None = None,
+    start_timeout_s: float = 180.0,
+) -> int:
+    """Run a head on 127.0.0.1 in the foreground until Ctrl-C (or SIGTERM); its exit code.
+
+    ``ray start --block`` stops raylet, GCS, dashboard and workers when it gets SIGTERM; its
+    output goes to this terminal. The temp dir is removed afterwards.
+    """
+    with tempfile.TemporaryDirectory(prefix="s2ray-", dir=_SHORT_TMP) as temp_dir:
+        head = loopback_head(
+            temp_dir,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
+            object_store_memory=object_store_memory,
+        )
+        proc = subprocess.Popen(head.command, stdin=subprocess.DEVNULL, env=head_environment())
+        for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT may be ignored in a background job
+            signal.signal(signum, _raise_keyboard_interrupt)
+        try:
+            wait_for_head(proc, head, timeout_s=start_timeout_s)
+            print(f"Ray address:    {head.address}    (s2ap tune --address {head.address})")
+            print(f"Dashboard/jobs: {head.dashboard_url}    (s2ap submit --address ...)")
+            print(f"Logs:           {temp_dir}")
+            print("Ctrl-C stops the cluster.", flush=True)
+            return proc.wait()
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            _terminate(proc)
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """SIGTERM (Ray's own teardown of the node), SIGKILL if that does not end it in time."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+# --------------------------------------------------------------------------------------------
+# `python -m tune.cluster local|health`
+# --------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m tune.cluster",
         description="A one-box Ray cluster, and the health check of the s2ap container recipes.",
@@ -680,35 +515,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--dashboard-port", type=int, default=None, help="also check the GCS (head nodes)"
     )
     health.add_argument("--host", default="127.0.0.1")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tune.cluster local|health`` (see ``--help``).
+
+    ``local`` runs a one-box cluster until Ctrl-C. ``health`` is the container health check of
+    the recipes (exit 0 when this node's raylet, and with ``--dashboard-port`` the GCS, answer).
+    """
+    args = _parser().parse_args(argv)
     if args.action == "health":
         ok = node_healthy(
             agent_port=args.agent_port, dashboard_port=args.dashboard_port, host=args.host
         )
         return 0 if ok else 1
-
-    cluster = LocalRayCluster(
+    return run_local_head(
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus,
         object_store_memory=args.object_store_memory,
-        start_timeout_s=180.0,
     )
-    with cluster:
-        print(f"Ray address:    {cluster.address}    (s2ap tune --address {cluster.address})")
-        print(f"Dashboard/jobs: {cluster.dashboard_url}    (s2ap submit --address ...)")
-        print(f"Logs:           {cluster.temp_dir}")
-        print("Ctrl-C stops the cluster.", flush=True)
-        for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT may be ignored in a background job
-            signal.signal(signum, _raise_keyboard_interrupt)
-        with contextlib.suppress(KeyboardInterrupt):
-            while cluster._proc is not None and cluster._proc.poll() is None:
-                time.sleep(1)
-    return 0
-
-
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import urllib.request
 
 import pytest
 
+from tests.support.ray_cluster import LocalRayCluster
+from tests.support.ray_cluster import import_psutil as _psutil
 from tune.cluster import (
-    LocalRayCluster,
-    _psutil,
     check_storage_for_address,
     main,
     ray_head_command,

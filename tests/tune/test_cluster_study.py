@@ -13,8 +13,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from tests.support.ray_cluster import LocalRayCluster
 from tests.tune.conftest import run_cli, write_study
-from tune.cluster import LocalRayCluster
 
 pytestmark = pytest.mark.ray
 

@@ -1,0 +1,1 @@
+"""Test-suite support code (not shipped): process supervisors and helpers the fixtures share."""

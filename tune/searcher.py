@@ -1,0 +1,282 @@
+"""Every trial a distinct question: baselines first, then each effective configuration once.
+
+:class:`StudySearcher` wraps the study's Optuna searcher (Ray Tune's public ``Searcher`` wrapper
+API, like ``ConcurrencyLimiter``):
+
+* **Baselines** (``study.baselines``: fixed configurations such as HYDRA) are issued first, once
+  per seed of the search space, and never reach Optuna: they are not points of the space, and
+  the sampler must not learn from them as if they were.
+* **No duplicate work.** A drawn configuration whose *effective* config (the run config without
+  the fields its arm ignores, :func:`s2ap.arms.effective_config`) equals one already issued is not
+  trained again: Optuna is told the earlier trial's result for it (at once, or when that trial
+  ends) and the next draw is taken. Each skipped draw is recorded in ``duplicates.jsonl`` in the
+  experiment folder. After ``max_redraws`` duplicates in a row the space is taken as exhausted
+  and the search ends.
+
+The wrapper's state (which baselines went out, which keys ran, their results) is saved with the
+experiment by Ray (``get_state``/``set_state``), so ``--resume`` neither reruns a baseline nor
+trains a configuration twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from s2ap.arms import effective_config, ignored_fields
+from s2ap.config import ConfigError, config_hash
+from tune.space import ChoiceParam, IntParam, SearchSpace, build_trial_config, check_settable
+
+__all__ = [
+    "BASELINE_KEY",
+    "BaselineAwareASHA",
+    "EffectiveKey",
+    "StudySearcher",
+    "baseline_trials",
+    "check_baselines",
+    "trial_values",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Key of a baseline trial's name in its config (not a run-config field).
+BASELINE_KEY = "baseline"
+#: Keys of a trial config that are not run-config paths.
+NON_PATH_KEYS = frozenset({BASELINE_KEY, "s2ap"})
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def trial_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run-config values of a trial config (``{dotted path: value}``)."""
+    return {k: v for k, v in config.items() if k not in NON_PATH_KEYS}
+
+
+class EffectiveKey:
+    """Hash of a trial's effective run config: equal keys train the same model."""
+
+    def __init__(self, base: Mapping[str, Any]) -> None:
+        self.base = dict(base)
+
+    def __call__(self, config: Mapping[str, Any]) -> str:
+        values = trial_values(config)
+        try:
+            cfg = build_trial_config(self.base, values)
+        except ConfigError:  # the trial fails on its own, naming the field; key it as drawn
+            return config_hash(values)
+        return config_hash(effective_config(cfg))
+
+
+# --------------------------------------------------------------------------------------------
+# Baselines
+
+
+def check_baselines(
+    baselines: Mapping[str, Any],
+    space: SearchSpace,
+    base: Mapping[str, Any],
+    where: str = "study.baselines",
+) -> None:
+    """Raise :class:`ConfigError` naming the field unless every baseline is a distinct, valid
+    configuration that sets only fields it uses."""
+    key = EffectiveKey(base)
+    seen: dict[str, str] = {}
+    for name, values in baselines.items():
+        here = f"{where}.{name}"
+        if not _NAME.fullmatch(str(name)):
+            raise ConfigError(f"{here}: use letters, digits, '_', '.' or '-' for a baseline name")
+        if not isinstance(values, Mapping):
+            raise ConfigError(
+                f"{here}: expected {{field: value}}, e.g. {name}: {{prune.perturbation: none}}"
+            )
+        _check_baseline_values(values, space, here)
+        try:
+            cfg = build_trial_config(base, values)
+        except ConfigError as exc:
+            raise ConfigError(f"{here}: {exc}") from None
+        ignored = [p for p in values if p in ignored_fields(cfg)]
+        if ignored:
+            reason = ignored_fields(cfg)[ignored[0]]
+            raise ConfigError(
+                f"{here}: {ignored[0]}: set, but {reason}, so the run never reads it; remove it"
+            )
+        k = key(values)
+        if k in seen:
+            raise ConfigError(
+                f"{here}: trains the same configuration as baseline {seen[k]}; remove one of them"
+            )
+        seen[k] = str(name)
+
+
+def _check_baseline_values(values: Mapping[str, Any], space: SearchSpace, here: str) -> None:
+    for path in values:
+        check_settable(str(path), here, "set by a baseline")
+        if path == "seed" and "seed" in space:
+            raise ConfigError(
+                f"{here}: seed: a baseline runs once per seed of the search space; remove seed"
+            )
+
+
+def _seed_values(space: SearchSpace) -> list[int | None]:
+    """The seeds a baseline runs with: those of a searched ``seed``, else the run config's."""
+    p = space.params.get("seed")
+    if isinstance(p, ChoiceParam | IntParam):
+        return list(p.grid())
+    return [None]
+
+
+def baseline_trials(baselines: Mapping[str, Mapping[str, Any]], space: SearchSpace) -> list[dict]:
+    """One trial config per baseline and seed, in the order the study file lists them."""
+    out = []
+    for name, values in baselines.items():
+        for seed in _seed_values(space):
+            trial = {**values, BASELINE_KEY: str(name)}
+            if seed is not None:
+                trial["seed"] = seed
+            out.append(trial)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The searcher
+
+
+class StudySearcher(Searcher):
+    """Baselines first, then the wrapped searcher's draws, each effective configuration once.
+
+    Args:
+        searcher: the study's searcher (``OptunaSearch``); it sees only non-baseline trials.
+        baselines: baseline trial configs (:func:`baseline_trials`), issued first in order.
+        effective_key: maps a trial config to its effective-config key (:class:`EffectiveKey`).
+        log_path: where skipped duplicate draws are recorded (JSON lines), or ``None``.
+        max_redraws: duplicate draws in a row after which the space counts as exhausted.
+    """
+
+    def __init__(
+        self,
+        searcher: Searcher,
+        *,
+        baselines: Sequence[Mapping[str, Any]] = (),
+        effective_key: EffectiveKey,
+        log_path: str | None = None,
+        max_redraws: int = 64,
+    ) -> None:
+        self.searcher = searcher
+        self.baselines = [dict(b) for b in baselines]
+        self.effective_key = effective_key
+        self.log_path = log_path
+        self.max_redraws = max_redraws
+        self.next_baseline = 0
+        self.key_of: dict[str, str] = {}  # trial id -> effective key
+        self.first_trial: dict[str, str] = {}  # effective key -> trial that trains it
+        self.outcomes: dict[str, dict[str, Any]] = {}  # key -> how its trial ended
+        self.inner_id: dict[str, str] = {}  # trial id -> id the wrapped searcher knows
+        self.waiting: dict[str, list[str]] = {}  # key -> duplicate draws awaiting its outcome
+        self.duplicates = 0
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+
+    # --- Ray's wrapper protocol ---------------------------------------------------------------
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec: Any
+    ) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def get_state(self) -> dict[str, Any]:
+        keep = ("next_baseline", "key_of", "first_trial", "outcomes", "inner_id", "waiting")
+        return {k: json.loads(json.dumps(getattr(self, k))) for k in (*keep, "duplicates")}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)
+
+    # --- suggestions --------------------------------------------------------------------------
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self.next_baseline < len(self.baselines):
+            config = dict(self.baselines[self.next_baseline])
+            self.next_baseline += 1
+            self._issue(trial_id, self.effective_key(config))
+            return config
+        for attempt in range(self.max_redraws):
+            inner = trial_id if attempt == 0 else f"{trial_id}-redraw{attempt}"
+            config = self.searcher.suggest(inner)
+            if config is None or config == Searcher.FINISHED:
+                return config
+            key = self.effective_key(config)
+            if key not in self.first_trial:
+                self.inner_id[trial_id] = inner
+                self._issue(trial_id, key)
+                return config
+            self._skip_duplicate(inner, key, config)
+        _log.warning(
+            "the last %d draws all repeated configurations already run: the search space looks "
+            "exhausted, so the search ends here",
+            self.max_redraws,
+        )
+        return Searcher.FINISHED
+
+    def _issue(self, trial_id: str, key: str) -> None:
+        self.key_of[trial_id] = key
+        self.first_trial.setdefault(key, trial_id)
+
+    def _skip_duplicate(self, inner: str, key: str, config: Mapping[str, Any]) -> None:
+        self.duplicates += 1
+        if key in self.outcomes:
+            self.searcher.on_trial_complete(inner, **self.outcomes[key])
+        else:
+            self.waiting.setdefault(key, []).append(inner)
+        if self.log_path:
+            entry = {"draw": inner, "config": dict(config), "same_as": self.first_trial[key]}
+            with Path(self.log_path).open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+
+    # --- results ------------------------------------------------------------------------------
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.inner_id:
+            self.searcher.on_trial_result(self.inner_id[trial_id], result)
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        key = self.key_of.get(trial_id)
+        if key is not None and self.first_trial.get(key) == trial_id:
+            outcome = {"result": self._objective_values(result), "error": error}
+            self.outcomes[key] = outcome
+            for inner in self.waiting.pop(key, []):
+                self.searcher.on_trial_complete(inner, **outcome)
+        if trial_id in self.inner_id:
+            self.searcher.on_trial_complete(self.inner_id[trial_id], result=result, error=error)
+
+    def _objective_values(self, result: dict | None) -> dict[str, Any] | None:
+        if not result:
+            return None
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        return {m: result[m] for m in metrics if m in result}
+
+
+class BaselineAwareASHA(ASHAScheduler):
+    """ASHA that records baselines at every rung (they set the bar for the searched trials) but
+    never stops one early: a baseline stopped early has no final number to compare with."""
+
+    def __init__(self, *, time_attr: str, max_t: int, **kwargs: Any) -> None:
+        super().__init__(time_attr=time_attr, max_t=max_t, **kwargs)
+        self.budget = (time_attr, max_t)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        action = super().on_trial_result(tune_controller, trial, result)
+        time_attr, max_t = self.budget
+        early = result.get(time_attr, max_t) < max_t
+        if action == TrialScheduler.STOP and early and trial.config.get(BASELINE_KEY):
+            return TrialScheduler.CONTINUE
+        return action
