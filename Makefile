@@ -8,7 +8,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test lint format run bench clean
+.PHONY: install postgres test lint format run bench clean
 
 install: $(STAMP)
 
@@ -19,7 +19,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-test: install
+# PostgreSQL server programs for tests/tracking/test_postgres_study.py (the recipes' MLflow
+# backend store): Debian's package, only when none is installed (it puts them in
+# /usr/lib/postgresql/*/bin, off PATH). The test starts its own server; nothing is configured here.
+postgres:
+	@command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+	  sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  echo "installing PostgreSQL (apt-get install postgresql) for the tests"; \
+	  $$sudo apt-get update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends postgresql >/dev/null; }
+
+test: install postgres
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: install
