@@ -174,32 +174,13 @@ def _mask_to_numpy(name: str, mask: Any) -> np.ndarray:
     return mask.detach().to("cpu").contiguous().numpy().reshape(-1)
 
 
-def save_masks(
-    path: str | os.PathLike[str],
+def _pack_layers(
     masks: Mapping[str, torch.Tensor],
-    header: Mapping[str, Any] | None = None,
-) -> str:
-    """Write ``masks`` (layer name -> bool tensor) to a ``.s2mask`` file; return the payload sha256.
-
-    Layers are stored in the mapping's order. ``header`` is caller metadata merged into the JSON
-    header (it must be JSON-serialisable and must not use :data:`RESERVED_HEADER_KEYS`). The write
-    is atomic.
-    """
-    meta = dict(header or {})
-    clash = sorted(RESERVED_HEADER_KEYS & meta.keys())
-    if clash:
-        raise ValueError(
-            f"save_masks: header keys {clash} are written by the mask format itself; "
-            "rename them in the metadata you pass"
-        )
-    if not masks:
-        raise ValueError("save_masks: no masks given; pass a dict of layer name -> bool tensor")
-
+) -> tuple[list[dict[str, Any]], list[bytes], str]:
+    """Bit-pack each layer's mask: (header entries, packed bytes per layer, payload sha256)."""
     layers: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     offset = 0
-    total_numel = 0
-    total_kept = 0
     digest = hashlib.sha256()
     for name, mask in masks.items():
         if not isinstance(name, str) or not name:
@@ -222,10 +203,33 @@ def save_masks(
         chunks.append(packed)
         digest.update(packed)
         offset += len(packed)
-        total_numel += numel
-        total_kept += kept
+    return layers, chunks, digest.hexdigest()
 
-    payload_sha = digest.hexdigest()
+
+def save_masks(
+    path: str | os.PathLike[str],
+    masks: Mapping[str, torch.Tensor],
+    header: Mapping[str, Any] | None = None,
+) -> str:
+    """Write ``masks`` (layer name -> bool tensor) to a ``.s2mask`` file; return the payload sha256.
+
+    Layers are stored in the mapping's order. ``header`` is caller metadata merged into the JSON
+    header (it must be JSON-serialisable and must not use :data:`RESERVED_HEADER_KEYS`). The write
+    is atomic.
+    """
+    meta = dict(header or {})
+    clash = sorted(RESERVED_HEADER_KEYS & meta.keys())
+    if clash:
+        raise ValueError(
+            f"save_masks: header keys {clash} are written by the mask format itself; "
+            "rename them in the metadata you pass"
+        )
+    if not masks:
+        raise ValueError("save_masks: no masks given; pass a dict of layer name -> bool tensor")
+
+    layers, chunks, payload_sha = _pack_layers(masks)
+    total_numel = sum(layer["numel"] for layer in layers)
+    total_kept = sum(layer["kept"] for layer in layers)
     full: dict[str, Any] = {
         "format": "s2ap-mask",
         "format_version": FORMAT_VERSION,
@@ -234,7 +238,7 @@ def save_masks(
         "numel": total_numel,
         "kept": total_kept,
         "global_sparsity": (1.0 - total_kept / total_numel) if total_numel else 0.0,
-        "payload_nbytes": offset,
+        "payload_nbytes": sum(len(c) for c in chunks),
         "payload_sha256": payload_sha,
     }
     full.update(meta)

@@ -1,18 +1,22 @@
-"""Resilient MLflow writes: retry with backoff, then a local outbox replayed in order.
+"""Writes that survive an MLflow outage: a local outbox, replayed in order.
 
 Why: a study runs for hours on a cluster; an MLflow server restart or a network blip must not kill
-trials or lose metrics. Every write goes through :func:`call_with_retry`; a write that still fails
-with a *transient* error (connection refused, timeout, 5xx, 429, sqlite "database is locked") is
-appended to ``<storage_root>/mlflow-outbox/<key>.jsonl`` (artifacts are copied next to it) and
-replayed, in order, before the next write and at ``finish()``. :func:`pending_outbox` and
-:func:`flush_outbox` let the command line report and send what is left after a study ends.
+trials or lose metrics. Each write is one MLflow call, retried by MLflow's own HTTP client (its
+``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` / ``_BACKOFF_FACTOR`` / ``_BACKOFF_JITTER`` / ``_TIMEOUT``
+variables; see :mod:`tracking.client`). A write that still fails with a *transient* error
+(connection refused, timeout, 5xx, 429, sqlite "database is locked") is appended to
+``<storage_root>/mlflow-outbox/<key>.jsonl`` (artifacts are copied next to it) and replayed, in
+order, before the next write and at ``finish()``. :func:`pending_outbox` and :func:`flush_outbox`
+let the command line report and send what is left after a study ends.
 
 Permanent errors (bad parameter values, a deleted run, ...) are raised immediately: retrying them
 would never succeed. If one shows up during a replay, the entry is moved to
 ``<key>.rejected.jsonl`` with the error so the rest of the queue can drain.
 
 Writes are described as JSON operations (``log_batch``, ``log_artifact``, ``set_terminated``) so
-they can be queued on disk and executed later by a different process.
+they can be queued on disk and executed later by a different process. A ``log_batch`` operation
+(metrics, params and tags of one epoch) is one MLflow request unless it exceeds MLflow's
+per-request limits.
 """
 
 from __future__ import annotations
@@ -26,51 +30,35 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
+from mlflow.utils.validation import (
+    MAX_ENTITIES_PER_BATCH,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
+
+from tracking.client import make_client
 
 _log = logging.getLogger(__name__)
 
 OUTBOX_DIRNAME = "mlflow-outbox"
-T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------------
-# retry
-
-
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff: wait ``initial_delay_s``, doubling up to ``max_delay_s``, and give up
-    once the next wait would pass ``total_s`` seconds since the first attempt."""
-
-    initial_delay_s: float = 0.5
-    factor: float = 2.0
-    max_delay_s: float = 8.0
-    total_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        if self.initial_delay_s < 0 or self.total_s < 0 or self.factor < 1:
-            raise ValueError(
-                f"RetryPolicy: need initial_delay_s >= 0, total_s >= 0 and factor >= 1, got {self}"
-            )
-
-
-NO_RETRY = RetryPolicy(initial_delay_s=0.0, total_s=0.0)
-DEFAULT_RETRY = RetryPolicy()
+# which errors are worth queueing
 
 # MLflow error codes that no amount of retrying fixes are mapped to 4xx HTTP statuses.
 _TRANSIENT_STATUS = {408, 429}
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True if ``exc`` is worth retrying: network failures, timeouts, 5xx/429 and locked sqlite."""
+    """True if ``exc`` may go away: network failures, timeouts, 5xx/429 and locked sqlite."""
     if isinstance(exc, MlflowException):
         status = exc.get_http_status_code()
         return status >= 500 or status in _TRANSIENT_STATUS
@@ -90,38 +78,22 @@ def is_transient(exc: BaseException) -> bool:
     return name == "OperationalError"  # sqlalchemy / sqlite3 lock errors
 
 
-def call_with_retry(
-    fn: Callable[[], T], policy: RetryPolicy = DEFAULT_RETRY, what: str = "MLflow call"
-) -> T:
-    """Call ``fn``; on a transient error retry with backoff until ``policy.total_s`` is spent.
-
-    Permanent errors and the last transient error are re-raised unchanged.
-    """
-    start = time.monotonic()
-    delay = policy.initial_delay_s
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return fn()
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            elapsed = time.monotonic() - start
-            if elapsed + delay > policy.total_s:
-                raise
-            _log.debug("%s failed (attempt %d, %s); retrying in %.1fs", what, attempt, exc, delay)
-            time.sleep(delay)
-            delay = min(delay * policy.factor, policy.max_delay_s) if delay else 0.0
-
-
 # --------------------------------------------------------------------------------------------
 # operations
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+Batch = tuple[list[Metric], list[Param], list[RunTag]]
+
+
+def split_batch(metrics: list[Metric], params: list[Param], tags: list[RunTag]) -> Iterator[Batch]:
+    """Cut one write into as few ``log_batch`` requests as MLflow's limits allow (usually one):
+    at most 100 params and tags together, 1000 metrics, 1000 entities per request."""
+    while metrics or params or tags:
+        n_p = min(len(params), MAX_PARAMS_TAGS_PER_BATCH)
+        n_t = min(len(tags), MAX_PARAMS_TAGS_PER_BATCH - n_p)
+        n_m = min(len(metrics), MAX_METRICS_PER_BATCH, MAX_ENTITIES_PER_BATCH - n_p - n_t)
+        yield metrics[:n_m], params[:n_p], tags[:n_t]
+        metrics, params, tags = metrics[n_m:], params[n_p:], tags[n_t:]
 
 
 def execute_op(client: MlflowClient, op: dict[str, Any]) -> None:
@@ -134,13 +106,8 @@ def execute_op(client: MlflowClient, op: dict[str, Any]) -> None:
         ]
         params = [Param(k, v) for k, v in op.get("params", [])]
         tags = [RunTag(k, v) for k, v in op.get("tags", [])]
-        # Respect MLflow's per-request limits; params and tags share one limit.
-        for chunk in _chunks(params, MAX_PARAMS_TAGS_PER_BATCH):
-            client.log_batch(run_id, params=list(chunk), synchronous=True)
-        for chunk in _chunks(tags, MAX_PARAMS_TAGS_PER_BATCH):
-            client.log_batch(run_id, tags=list(chunk), synchronous=True)
-        for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
-            client.log_batch(run_id, metrics=list(chunk), synchronous=True)
+        for m, p, t in split_batch(metrics, params, tags):
+            client.log_batch(run_id, metrics=m, params=p, tags=t, synchronous=True)
     elif kind == "log_artifact":
         client.log_artifact(run_id, op["local_path"], op.get("artifact_path"))
     elif kind == "set_terminated":
@@ -263,11 +230,7 @@ class Outbox:
                 fh.flush()
                 os.fsync(fh.fileno())
 
-    def replay(
-        self,
-        client_for: Callable[[str], MlflowClient],
-        policy: RetryPolicy = NO_RETRY,
-    ) -> int:
+    def replay(self, client_for: Callable[[str], MlflowClient]) -> int:
         """Send queued operations in order; stop at the first transient failure.
 
         ``client_for(tracking_uri)`` returns the client for an entry. Returns how many were sent.
@@ -277,37 +240,38 @@ class Outbox:
         with self._locked():
             entries = self._read()
             while entries:
-                entry = entries[0]
-                op = {
-                    k: v for k, v in entry.items() if k not in ("seq", "tracking_uri", "queued_at")
-                }
                 try:
-                    client = client_for(entry["tracking_uri"])
-                    call_with_retry(
-                        lambda c=client, o=op: execute_op(c, o), policy, describe_op(op)
-                    )
-                except Exception as exc:
-                    if is_transient(exc):
-                        self._write(entries)
-                        if sent == 0:
-                            raise
-                        return sent
-                    _log.error(
-                        "outbox %s: MLflow rejected %s (%s); moved it to %s",
-                        self.path,
-                        describe_op(op),
-                        exc,
-                        self.rejected_path,
-                    )
-                    with open(self.rejected_path, "a", encoding="utf-8") as fh:
-                        fh.write(json.dumps(dict(entry, error=str(exc)[:2000])) + "\n")
-                else:
-                    sent += 1
-                    if op["op"] == "log_artifact":
-                        shutil.rmtree(Path(op["local_path"]).parent, ignore_errors=True)
+                    sent += self._send(entries[0], client_for)
+                except Exception:  # transient: _send moved MLflow's refusals aside
+                    self._write(entries)
+                    if sent == 0:
+                        raise
+                    return sent
                 entries.pop(0)
                 self._write(entries)
         return sent
+
+    def _send(self, entry: dict[str, Any], client_for: Callable[[str], MlflowClient]) -> bool:
+        """Execute one entry (True); a permanent refusal moves it to the rejected file (False)."""
+        op = {k: v for k, v in entry.items() if k not in ("seq", "tracking_uri", "queued_at")}
+        try:
+            execute_op(client_for(entry["tracking_uri"]), op)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            _log.error(
+                "outbox %s: MLflow rejected %s (%s); moved it to %s",
+                self.path,
+                describe_op(op),
+                exc,
+                self.rejected_path,
+            )
+            with open(self.rejected_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(dict(entry, error=str(exc)[:2000])) + "\n")
+            return False
+        if op["op"] == "log_artifact":
+            shutil.rmtree(Path(op["local_path"]).parent, ignore_errors=True)
+        return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,33 +353,27 @@ class FlushReport:
 
 
 def flush_outbox(
-    storage_root: str | os.PathLike[str],
-    tracking_uri: str | None = None,
-    *,
-    policy: RetryPolicy = RetryPolicy(total_s=10.0),
+    storage_root: str | os.PathLike[str], tracking_uri: str | None = None
 ) -> FlushReport:
     """Send every queued operation under ``storage_root``, oldest first per outbox.
 
     ``tracking_uri`` overrides the URI recorded with each entry (e.g. the server moved); ``None``
-    sends each entry where it was meant to go. Outboxes that still cannot be sent are reported in
-    ``errors`` and left in place.
+    sends each entry where it was meant to go. Outboxes that still cannot be sent (after MLflow's
+    own retries) are reported in ``errors`` and left in place.
     """
     clients: dict[str, MlflowClient] = {}
 
     def client_for(uri: str) -> MlflowClient:
         target = tracking_uri or uri
         if target not in clients:
-            from tracking.runs import make_client  # local import: runs imports this module
-
             clients[target] = make_client(target)
         return clients[target]
 
     sent = 0
     errors: dict[str, str] = {}
     for key in _outbox_keys(storage_root):
-        box = Outbox(storage_root, key)
         try:
-            sent += box.replay(client_for, policy)
+            sent += Outbox(storage_root, key).replay(client_for)
         except Exception as exc:
             errors[key] = f"{type(exc).__name__}: {exc}"
     remaining = sum(p.operations for p in pending_outbox(storage_root))

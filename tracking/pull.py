@@ -1,35 +1,44 @@
 """Find a study's best trial in MLflow and pull its mask (and weights) to a local folder.
 
-Only finished trial runs count (``s2ap.role=trial``, status FINISHED): a running or failed trial's
-last metric is not a result. The metric value used is the run's latest logged value, i.e. what
-the trial reported last and what the MLflow runs table shows. Works against an embedded sqlite
-store or an ``http://`` server with proxied artifacts alike.
+The best trial is the one :mod:`tracking.selection` defines: among the finished trial runs
+(``s2ap.role=trial``, status FINISHED; a running, failed or early-stopped trial's last metric is
+not a result), ranked on the objectives in order by each run's latest logged value (what the trial
+reported last and what the MLflow runs table shows), ties to the smallest trial id. When the
+requested metric and mode are the study's own first objective (the study run's
+``s2ap.objective.*`` tags), the study run's ``s2ap.best_trial_id`` tag, set by the study service
+when the study finished, names the trial and wins. Works against an embedded sqlite store or an
+``http://`` server with proxied artifacts alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tracking.artifacts import MASK_SUFFIX, load_masks
-from tracking.runs import (
+from tracking.client import (
     PRIMARY_METRIC,
+    ROLE_STUDY,
     ROLE_TRIAL,
+    TAG_BEST_TRIAL_ID,
+    TAG_OBJECTIVE_METRIC,
+    TAG_OBJECTIVE_MODE,
+    TAG_OBJECTIVES,
     TAG_ROLE,
     TAG_TRIAL_ID,
     make_client,
     resolve_tracking_uri,
+    search_all_runs,
 )
+from tracking.selection import Candidate, Objective, best_candidate
 
 
 class StudyNotFoundError(LookupError):
@@ -75,37 +84,8 @@ def _client(tracking_uri: str) -> MlflowClient:
     return make_client(resolve_tracking_uri(tracking_uri, "."))
 
 
-def _all_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Any]:
-    runs: list[Any] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=filter_string,
-            run_view_type=ViewType.ACTIVE_ONLY,
-            max_results=1000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def find_best_trial(
-    tracking_uri: str,
-    study_name: str,
-    metric: str = PRIMARY_METRIC,
-    mode: str = "max",
-) -> BestTrial:
-    """Return the finished trial of ``study_name`` with the best latest value of ``metric``.
-
-    ``mode`` is ``"max"`` or ``"min"``. Raises :class:`StudyNotFoundError` (listing the studies that
-    exist) or :class:`NoFinishedTrialError` (listing the trials' statuses / metric names).
-    """
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode={mode!r}: use 'max' or 'min'")
-    client = _client(tracking_uri)
+def study_experiment(client: MlflowClient, tracking_uri: str, study_name: str) -> Any:
+    """The study's MLflow experiment; :class:`StudyNotFoundError` lists the studies there."""
     exp = client.get_experiment_by_name(study_name)
     if exp is None or exp.lifecycle_stage == "deleted":
         names = sorted(e.name for e in client.search_experiments(max_results=50))
@@ -113,8 +93,38 @@ def find_best_trial(
             f"no study {study_name!r} at {tracking_uri}; studies there: "
             f"{', '.join(names) if names else '(none)'}"
         )
-    trials = _all_runs(client, exp.experiment_id, f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'")
-    finished = [r for r in trials if r.info.status == "FINISHED"]
+    return exp
+
+
+def _objective(metric: Any, mode: Any) -> Objective:
+    if not isinstance(metric, str) or not metric or mode not in ("max", "min"):
+        raise ValueError(f"not an objective: metric={metric!r}, mode={mode!r}")
+    return Objective(metric, mode)
+
+
+def study_objectives(study_tags: dict[str, str]) -> list[Objective]:
+    """The study's objectives as its run records them (:func:`tracking.runs.objective_tags`);
+    empty when the run records none (a study from before these tags) or they are unreadable."""
+    try:
+        listed = [
+            _objective(o["metric"], o["mode"]) for o in json.loads(study_tags[TAG_OBJECTIVES])
+        ]
+    except (ValueError, TypeError, KeyError):
+        listed = []
+    try:
+        first = _objective(study_tags.get(TAG_OBJECTIVE_METRIC), study_tags.get(TAG_OBJECTIVE_MODE))
+    except ValueError:
+        return listed
+    return listed if listed and listed[0] == first else [first]
+
+
+def _finished_trials(client: MlflowClient, study_name: str, experiment_id: str) -> dict[str, Any]:
+    """trial id -> its finished run (the latest one if a trial has several)."""
+    trials = list(search_all_runs(client, [experiment_id], f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'"))
+    finished: dict[str, Any] = {}
+    for r in sorted(trials, key=lambda r: r.info.end_time or 0):
+        if r.info.status == "FINISHED":
+            finished[r.data.tags.get(TAG_TRIAL_ID) or r.info.run_id] = r
     if not finished:
         counts = Counter(r.info.status for r in trials)
         listing = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trial runs"
@@ -122,20 +132,63 @@ def find_best_trial(
             f"study {study_name!r} has no finished trial ({listing}); wait for trials to finish or "
             "resume the study"
         )
-    scored = [
-        r for r in finished if metric in r.data.metrics and math.isfinite(r.data.metrics[metric])
-    ]
-    if not scored:
-        keys = sorted({k for r in finished for k in r.data.metrics})
+    return finished
+
+
+def study_run(client: MlflowClient, experiment_id: str) -> Any | None:
+    """The study's run (the oldest, if a lost driver left several), or ``None``."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{TAG_ROLE}` = '{ROLE_STUDY}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def _select(finished: dict[str, Any], objectives: list[Objective], tagged: str | None) -> Any:
+    """The tagged trial's run if it finished with a value, else the best on ``objectives``."""
+    if tagged in finished and objectives[0].metric in finished[tagged].data.metrics:
+        return finished[tagged]
+    candidates = [Candidate(tid, dict(r.data.metrics)) for tid, r in finished.items()]
+    best = best_candidate(candidates, objectives)
+    return finished[best.trial_id] if best else None
+
+
+def find_best_trial(
+    tracking_uri: str,
+    study_name: str,
+    metric: str | None = None,
+    mode: str | None = None,
+) -> BestTrial:
+    """Return the best finished trial of ``study_name`` (see the module docstring).
+
+    ``metric``/``mode`` (``"max"`` or ``"min"``) default to the study's first objective as its
+    run records it, else ``val_robust_acc``/``max``. Raises :class:`StudyNotFoundError` (listing
+    the studies that exist) or :class:`NoFinishedTrialError` (listing the trials' statuses /
+    metric names).
+    """
+    if mode not in (None, "max", "min"):
+        raise ValueError(f"mode={mode!r}: use 'max' or 'min'")
+    client = _client(tracking_uri)
+    exp = study_experiment(client, tracking_uri, study_name)
+    finished = _finished_trials(client, study_name, exp.experiment_id)
+    parent = study_run(client, exp.experiment_id)
+    study_tags = dict(parent.data.tags) if parent else {}
+    own = study_objectives(study_tags)
+    metric = metric or (own[0].metric if own else PRIMARY_METRIC)
+    requested = _objective(
+        metric, mode or (own[0].mode if own and own[0].metric == metric else "max")
+    )
+    is_own = bool(own) and own[0] == requested
+    objectives = own if is_own else [requested]
+    best = _select(finished, objectives, study_tags.get(TAG_BEST_TRIAL_ID) if is_own else None)
+    if best is None:
+        keys = sorted({k for r in finished.values() for k in r.data.metrics})
         raise NoFinishedTrialError(
             f"none of the {len(finished)} finished trials of {study_name!r} logged {metric!r}; "
             f"metrics they have: {', '.join(keys) if keys else '(none)'}"
         )
-    sign = 1.0 if mode == "max" else -1.0
-    best = min(
-        scored,
-        key=lambda r: (-sign * r.data.metrics[metric], r.info.end_time or 0, r.info.run_id),
-    )
     return BestTrial(
         study_name=study_name,
         experiment_id=exp.experiment_id,
@@ -169,6 +222,21 @@ def _download(client: MlflowClient, run_id: str, artifact_path: str, dest: Path)
     return dest
 
 
+def _pull_weights(client: MlflowClient, run_id: str, name: str, out: Path) -> str:
+    """Download ``weights/<name>.*`` (safetensors or torch format) of one run into ``out``."""
+    listed = client.list_artifacts(run_id, "weights")
+    candidates = [
+        a.path for a in listed if not a.is_dir and os.path.basename(a.path).split(".", 1)[0] == name
+    ]
+    if not candidates:
+        present = [a.path for a in listed]
+        raise FileNotFoundError(
+            f"run {run_id} has no weights named {name!r}; weights/ holds: "
+            f"{', '.join(present) if present else '(nothing)'}"
+        )
+    return str(_download(client, run_id, candidates[0], out / os.path.basename(candidates[0])))
+
+
 def pull_mask(
     tracking_uri: str,
     run_id: str,
@@ -197,22 +265,7 @@ def pull_mask(
             f"mask {mask_path} has payload sha256 {header['payload_sha256']} but run {run_id} "
             f"recorded {tagged}; the artifact was replaced after logging"
         )
-    weights_path = None
-    if with_weights:
-        candidates = [
-            a.path
-            for a in client.list_artifacts(run_id, "weights")
-            if not a.is_dir and os.path.basename(a.path).split(".", 1)[0] == weights_name
-        ]
-        if not candidates:
-            present = [a.path for a in client.list_artifacts(run_id, "weights")]
-            raise FileNotFoundError(
-                f"run {run_id} has no weights named {weights_name!r}; weights/ holds: "
-                f"{', '.join(present) if present else '(nothing)'}"
-            )
-        weights_path = str(
-            _download(client, run_id, candidates[0], out / os.path.basename(candidates[0]))
-        )
+    weights_path = _pull_weights(client, run_id, weights_name, out) if with_weights else None
     trial_id = run.data.tags.get(TAG_TRIAL_ID)
     info = {
         "tracking_uri": tracking_uri,
@@ -245,13 +298,15 @@ def pull_best_mask(
     study_name: str,
     out_dir: str | os.PathLike[str],
     *,
-    metric: str = PRIMARY_METRIC,
-    mode: str = "max",
+    metric: str | None = None,
+    mode: str | None = None,
     with_weights: bool = False,
     mask_name: str = "final",
     weights_name: str = "final",
 ) -> PulledMask:
-    """Find the study's best finished trial (:func:`find_best_trial`) and pull its mask."""
+    """Find the study's best finished trial (:func:`find_best_trial`) and pull its mask.
+
+    ``metric``/``mode`` default to the study's first objective (see :func:`find_best_trial`)."""
     best = find_best_trial(tracking_uri, study_name, metric=metric, mode=mode)
     return pull_mask(
         tracking_uri,

@@ -9,6 +9,7 @@ on other machines upload and download masks through HTTP and need no shared file
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -21,12 +22,51 @@ from typing import IO, Any
 
 import requests
 
+_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """Ask the OS for a free TCP port on ``host`` (bind to port 0 and read it back)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ``::1``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_allowed_hosts(host: str, port: int) -> list[str] | None:
+    """The Host headers a server bound to ``host`` accepts, when nobody said otherwise.
+
+    Loopback: ``localhost:PORT`` and ``127.0.0.1:PORT`` only (a web page in the user's browser
+    cannot reach the server under another name: no DNS rebinding). A named interface: that name
+    too. All interfaces (``0.0.0.0``): ``None``, i.e. MLflow's default (localhost and private
+    IPs), since the names clients use are not known here.
+    """
+    if host in _WILDCARD_HOSTS:
+        return None
+    names = [f"localhost:{port}", f"127.0.0.1:{port}"]
+    return names if is_loopback(host) else [f"{host}:{port}", *names]
+
+
+def exposure_warning(host: str, port: int) -> str | None:
+    """The risk of binding ``host``, in words, or ``None`` for loopback."""
+    if is_loopback(host):
+        return None
+    where = "every network interface" if host in _WILDCARD_HOSTS else host
+    return (
+        f"the MLflow server listens on {where} (port {port}) and has no authentication: anyone "
+        "who reaches that port can read, change and delete every run, mask and checkpoint. "
+        "Bind 127.0.0.1 and use an SSH tunnel, or put authentication in front (`mlflow server "
+        "--app-name basic-auth`, or a reverse proxy; see docs/cluster.md)"
+    )
 
 
 def mlflow_server_command(
@@ -42,8 +82,9 @@ def mlflow_server_command(
 
     ``backend_store_uri``: ``sqlite:////abs/mlflow.db`` or a SQLAlchemy URI (no file stores).
     ``artifacts_destination``: where proxied artifacts go (a folder, ``s3://...``).
-    ``allowed_hosts``: Host headers accepted besides localhost/private IPs (e.g. the compose
-    service name ``mlflow:5000``); needed when clients reach the server by a public name.
+    ``allowed_hosts``: the Host headers accepted (e.g. the compose service name
+    ``mlflow:5000``); needed when clients reach the server by another name. ``None``: see
+    :func:`default_allowed_hosts` (on loopback, ``localhost:PORT`` and ``127.0.0.1:PORT``).
     """
     if workers < 1:
         raise ValueError(f"workers={workers}: need at least one server worker")
@@ -62,6 +103,8 @@ def mlflow_server_command(
         "--workers",
         str(int(workers)),
     ]
+    if allowed_hosts is None:
+        allowed_hosts = default_allowed_hosts(host, int(port))
     if allowed_hosts:
         argv += ["--allowed-hosts", ",".join(allowed_hosts)]
     return argv

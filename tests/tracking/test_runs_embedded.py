@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from mlflow.entities import ViewType
 
-from tests.tracking.conftest import STUDY_CONFIG, run_fake_study, trial_params
+from tests.tracking.conftest import STUDY_CONFIG, fake_masks, run_fake_study, trial_params
 from tracking.artifacts import load_masks
-from tracking.outbox import RetryPolicy, is_transient
+from tracking.client import TAG_BEST_TRIAL_ID, TAG_OBJECTIVE_METRIC, TAG_OBJECTIVE_MODE
+from tracking.outbox import is_transient
 from tracking.pull import NoFinishedTrialError, StudyNotFoundError, find_best_trial, pull_best_mask
 from tracking.runs import (
     EXPERIMENT_TAGS,
@@ -24,6 +25,7 @@ from tracking.runs import (
     make_client,
     resolve_tracking_uri,
 )
+from tracking.selection import Objective
 from tracking.server import free_port
 
 
@@ -187,7 +189,7 @@ def test_trial_open_needs_the_study(storage_root: Path) -> None:
     uri = resolve_tracking_uri(None, storage_root)
     make_client(uri).create_experiment("other", artifact_location=(storage_root / "a").as_uri())
     with pytest.raises(ValueError, match="start the study first"):
-        TrialTracker.open(uri, "missing", "0" * 32, "t", {}, retry=RetryPolicy(total_s=0))
+        TrialTracker.open(uri, "missing", "0" * 32, "t", {})
 
 
 def test_is_transient() -> None:
@@ -199,3 +201,81 @@ def test_is_transient() -> None:
     assert is_transient(ConnectionRefusedError())
     assert not is_transient(MlflowException("bad", error_code=INVALID_PARAMETER_VALUE))
     assert not is_transient(ValueError("bug"))
+
+
+def test_best_trial_ties_go_to_the_smaller_trial_id_and_the_study_tag_wins(
+    storage_root: Path, tmp_path: Path
+) -> None:
+    """One definition of the best trial (tracking.selection), and the study's own choice."""
+    study = StudyTracker(
+        None,
+        "ties",
+        study_config={"n": 3},
+        storage_root=storage_root,
+        objectives=[Objective("val_robust_acc", "max"), Objective("sparsity", "max")],
+    )
+    study.start()
+    # trial_b finishes first: an end-time tie-break would pick it, the rule picks trial_a.
+    for i, (tid, acc) in enumerate((("trial_b", 0.5), ("trial_a", 0.5), ("trial_c", 0.4))):
+        trial = study.open_trial(tid, trial_params(i))
+        trial.log_metrics({"val_robust_acc": acc, "sparsity": 0.9}, step=0)
+        trial.log_masks(fake_masks(i), {"architecture": "small_cnn"})
+        trial.finish()
+    uri = study.tracking_uri
+    assert find_best_trial(uri, "ties").trial_id == "trial_a"
+    assert pull_best_mask(uri, "ties", tmp_path / "a").trial_id == "trial_a"
+
+    study.set_tags({TAG_BEST_TRIAL_ID: "trial_b"})  # what the study service records at the end
+    best = find_best_trial(uri, "ties")
+    assert (best.trial_id, best.metric, best.value) == ("trial_b", "val_robust_acc", 0.5)
+    assert pull_best_mask(uri, "ties", tmp_path / "b").trial_id == "trial_b"
+    # Another objective than the study's: the tag says nothing about it.
+    assert find_best_trial(uri, "ties", mode="min").trial_id == "trial_c"
+    assert find_best_trial(uri, "ties", metric="sparsity").trial_id == "trial_a"
+    study.finish()
+
+
+def test_study_records_its_objectives(storage_root: Path) -> None:
+    study = StudyTracker(
+        None,
+        "by-loss",
+        study_config={},
+        storage_root=storage_root,
+        objectives=[Objective("val_loss", "min")],
+    )
+    study.start()
+    client = make_client(study.tracking_uri)
+    tags = client.get_experiment_by_name("by-loss").tags  # what the UI sorts and charts by
+    assert tags["mlflow.experiment.primaryMetric.name"] == "val_loss"
+    assert tags["mlflow.experiment.primaryMetric.greaterIsBetter"] == "false"
+    run_tags = client.get_run(study.parent_run_id).data.tags
+    assert (run_tags[TAG_OBJECTIVE_METRIC], run_tags[TAG_OBJECTIVE_MODE]) == ("val_loss", "min")
+    study.finish()
+
+
+def test_one_request_per_epoch(storage_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An epoch's metrics and tags go in one log_batch; a write over MLflow's limits is split."""
+    from mlflow.tracking import MlflowClient
+
+    calls: list[tuple[int, int, int]] = []
+    real = MlflowClient.log_batch
+
+    def counting(self, run_id, metrics=(), params=(), tags=(), **kw):  # a spy: calls the real one
+        calls.append((len(metrics), len(params), len(tags)))
+        return real(self, run_id, metrics=metrics, params=params, tags=tags, **kw)
+
+    study = run_fake_study(None, storage_root, "batches", n_trials=1, epochs=1)
+    monkeypatch.setattr(MlflowClient, "log_batch", counting)
+    trial = study.tracker.open_trial("trial_0000", trial_params(0))
+    calls.clear()
+    trial.log_metrics({"val_robust_acc": 0.5, "val_clean_acc": 0.8, "phase": "prune"}, step=1)
+    assert calls == [(2, 0, 1)]
+    calls.clear()
+    many = {f"m{i}": float(i) for i in range(1500)}
+    trial.set_tags({f"s2ap.t{i}": i for i in range(150)})
+    trial.log_metrics(many, step=2)
+    assert calls == [(0, 0, 100), (0, 0, 50), (1000, 0, 0), (500, 0, 0)]
+    trial.finish()
+    run = make_client(study.tracker.tracking_uri).get_run(trial.run_id)
+    assert run.data.metrics["m1499"] == 1499.0 and run.data.tags["s2ap.t149"] == "149"
+    assert run.data.tags["s2ap.phase"] == "prune"

@@ -13,7 +13,7 @@ import pytest
 
 from tests.tracking.conftest import fake_masks, run_fake_study, trial_params
 from tracking.artifacts import load_masks
-from tracking.outbox import RetryPolicy, flush_outbox, pending_outbox
+from tracking.outbox import flush_outbox, pending_outbox
 from tracking.pull import find_best_trial, pull_best_mask
 from tracking.runs import StudyTracker, TrialTracker, check_tracking_server, make_client
 from tracking.server import MlflowServer, mlflow_executable, mlflow_server_command
@@ -64,16 +64,22 @@ def test_study_through_http_and_pull(
     assert Path(pulled.info_path).exists()
 
 
-def test_outage_loses_no_metric(mlflow_server: MlflowServer, storage_root: Path) -> None:
+def test_outage_loses_no_metric(
+    mlflow_server: MlflowServer, storage_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Stop the server mid-study, keep logging, restart it: every metric arrives, in order."""
+    # MLflow's own retry, kept short: one immediate retry, then the write goes to the outbox.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     study = StudyTracker(
         mlflow_server.url, "outage", study_config={"n": 2}, storage_root=storage_root
     )
     study.start()
-    quick = RetryPolicy(initial_delay_s=0.1, total_s=0.3)
     ctx = study.trial_context()
-    live = TrialTracker.open(**ctx, trial_id="live", params=trial_params(0), retry=quick)
-    ends = TrialTracker.open(**ctx, trial_id="ends", params=trial_params(1), retry=quick)
+    live = TrialTracker.open(**ctx, trial_id="live", params=trial_params(0))
+    ends = TrialTracker.open(**ctx, trial_id="ends", params=trial_params(1))
     logged: list[tuple[int, float]] = []
 
     def log(epoch: int) -> None:

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tracking.runs import StudyTracker, TrialTracker
-from tune.cli import main
-from tune.report import (
+from tracking.report import (
     CANNOT_TELL,
     REFUTES,
     SUPPORTS,
@@ -24,6 +22,8 @@ from tune.report import (
     mean_std,
     overall,
 )
+from tracking.runs import StudyTracker, TrialTracker
+from tune.cli import main
 
 # --------------------------------------------------------------------------------------------
 # statistics and the verdict rule

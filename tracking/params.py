@@ -1,0 +1,121 @@
+"""What a run records besides metrics: flattened params, tag values, version tags.
+
+MLflow params and tags are strings of limited length; configs are nested dicts. This module turns
+one into the other the same way everywhere, so a resumed trial compares like with like.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import json
+import platform
+import re
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
+
+__all__ = ["check_name", "flatten_params", "now_ms", "tag_value", "to_number", "version_tags"]
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, str):
+        text = value
+    elif value is None or isinstance(value, (bool, int, float)):
+        text = str(value)
+    elif isinstance(value, (list, tuple)):
+        text = json.dumps(list(value), default=str)
+    else:
+        text = str(value)
+    return text[:MAX_PARAM_VAL_LENGTH]
+
+
+def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten a nested config into MLflow params: ``{"a": {"b": 1}} -> {"a.b": "1"}``.
+
+    Lists become JSON (``"[1, 2]"``), scalars ``str(value)``; empty dicts ``"{}"``.
+    """
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            if value:
+                flat.update(flatten_params(value, name))
+            else:
+                flat[name] = "{}"
+        else:
+            flat[name] = _param_value(value)
+    return flat
+
+
+def tag_value(value: Any) -> str:
+    """A tag value: ``str(value)`` cut to MLflow's limit."""
+    return (value if isinstance(value, str) else str(value))[:MAX_TAG_VAL_LENGTH]
+
+
+def _git_commit() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return commit if re.fullmatch(r"[0-9a-f]{40}", commit) else ""
+
+
+@functools.lru_cache(maxsize=1)
+def version_tags() -> dict[str, str]:
+    """Tags recording what produced a run: s2ap/torch/mlflow/python versions and the git commit."""
+    try:
+        s2ap_version = importlib.metadata.version("s2ap")
+    except importlib.metadata.PackageNotFoundError:
+        s2ap_version = "unknown"
+    tags = {
+        "s2ap.version": s2ap_version,
+        "s2ap.torch_version": torch.__version__,
+        "s2ap.mlflow_version": mlflow.__version__,
+        "s2ap.python_version": platform.python_version(),
+    }
+    commit = _git_commit()
+    if commit:
+        tags["s2ap.git_commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def to_number(value: Any) -> float | None:
+    """``value`` as a float if it is a number (bool, int, float, 1-element tensor or array)."""
+    if isinstance(value, (bool, int, float)):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value.item())
+    if hasattr(value, "item") and hasattr(value, "dtype"):  # numpy scalars / 1-element arrays
+        try:
+            item = value.item()
+        except (ValueError, TypeError):
+            return None
+        return float(item) if isinstance(item, (bool, int, float)) else None
+    return None
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_name(name: str, what: str) -> None:
+    """Artifact names become file names: letters, digits, ``_``, ``.``, ``-`` only."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"{what} {name!r}: use letters, digits, '_', '.' or '-' only")

@@ -1,0 +1,158 @@
+"""The page's figures (matplotlib, Agg canvas, no pyplot): accuracy vs sparsity, mask stability
+per prune epoch, accuracy vs the radius rho."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tracking.report.stats import mean_std
+from tracking.report.trials import ARM_ORDER, Cell, TrialRun, metric, values
+
+__all__ = ["ARM_COLORS", "figure_hamming", "figure_rho", "figure_robust_vs_sparsity"]
+
+Cells = Mapping[Cell, list[TrialRun]]
+
+ARM_COLORS = {"HYDRA": "tab:blue", "S2AP": "tab:red", "random": "tab:gray"}
+STEP_COLORS = ("tab:red", "tab:orange", "tab:purple", "tab:brown")
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _arm_errorbars(ax: Any, cells: Cells, fin: str, pos: dict[float, int]) -> None:
+    """One AutoAttack-vs-sparsity line per arm, slightly shifted so the error bars do not hide."""
+    for k, arm in enumerate(ARM_ORDER):
+        pts = [(c, rs) for c, rs in cells.items() if c.arm == arm and c.finetune == fin]
+        if not pts:
+            continue
+        xs, ys, es = [], [], []
+        for c, rs in sorted(pts, key=lambda p: p[0].sparsity):
+            m = mean_std(values(rs, metric("test_autoattack_acc")))
+            xs.append(pos[c.sparsity] + (k - 1) * 0.08)
+            ys.append(m.mean * 100)
+            es.append(m.std * 100)
+        ax.errorbar(
+            xs, ys, yerr=es, marker="o", ms=4, capsize=3, label=arm, color=ARM_COLORS.get(arm)
+        )
+
+
+def figure_robust_vs_sparsity(cells: Cells) -> Any:
+    """AutoAttack accuracy vs sparsity per arm, one panel per finetuning; bars = seed std."""
+    fins = sorted({c.finetune for c in cells})
+    fig = _figure(3.4 * max(len(fins), 1), 3.2)
+    axes = fig.subplots(1, max(len(fins), 1), squeeze=False, sharey=True)[0]
+    sparsities = sorted({c.sparsity for c in cells})
+    pos = {s: i for i, s in enumerate(sparsities)}
+    for ax, fin in zip(axes, fins):
+        _arm_errorbars(ax, cells, fin, pos)
+        ax.set_xticks(range(len(sparsities)), [f"{s:g}" for s in sparsities])
+        ax.set_xlabel("sparsity")
+        ax.set_title(f"finetune: {fin}", fontsize="medium")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("AutoAttack accuracy (%)")
+    axes[0].legend(fontsize="small")
+    return fig
+
+
+def _hamming_band(ax: Any, cell: Cell, rs: list[TrialRun]) -> None:
+    """Mean Hamming distance per prune epoch over the seeds, with a ±std band."""
+    series = [r.prune_series("mask_hamming") for r in rs]
+    n = max(len(s) for s in series)
+    xs = list(range(1, n + 1))
+    ms = [mean_std(s[i] for s in series if len(s) > i) for i in range(n)]
+    color = ARM_COLORS.get(cell.arm)
+    ax.plot(xs, [m.mean * 100 for m in ms], marker="o", ms=3, label=cell.arm, color=color)
+    lo = [(m.mean - m.std) * 100 for m in ms]
+    hi = [(m.mean + m.std) * 100 for m in ms]
+    ax.fill_between(xs, lo, hi, alpha=0.2, color=color)
+
+
+def figure_hamming(cells: Cells) -> Any:
+    """Mask Hamming distance per prune epoch per arm (mean, band = seed std), per sparsity."""
+    prune_cells = {c: rs for c, rs in cells.items() if c.finetune == "AT"} or dict(cells)
+    sparsities = sorted({c.sparsity for c in prune_cells})
+    fig = _figure(3.2 * max(len(sparsities), 1), 3.0)
+    axes = fig.subplots(1, max(len(sparsities), 1), squeeze=False)[0]
+    for ax, sp in zip(axes, sparsities):
+        warm = None
+        for c, rs in prune_cells.items():
+            if c.sparsity == sp:
+                _hamming_band(ax, c, rs)
+                warm = rs[0].warmup
+        if warm:
+            ax.axvline(warm + 0.5, color="k", lw=0.8, ls=":")
+        ax.set_yscale("log")
+        ax.set_xlabel("prune epoch")
+        ax.set_title(f"sparsity {sp:g}", fontsize="medium")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mask change vs previous epoch (%)")
+    axes[0].legend(fontsize="small")
+    return fig
+
+
+def _rho_line(ax: Any, sweep: Cells, steps: int, k: int, n_steps: int) -> None:
+    """S2AP at one ascent-step count: mean ± std per rho, and each seed as a dot."""
+    aa = metric("test_autoattack_acc")
+    pts = sorted(
+        ((c, rs) for c, rs in sweep.items() if c.ascent_steps == steps), key=lambda p: p[0].rho or 0
+    )
+    shift = 1.0 + (k - (n_steps - 1) / 2) * 0.04
+    xs = [(c.rho or 0) * shift for c, _ in pts]
+    ms = [mean_std(values(rs, aa)) for _, rs in pts]
+    color = STEP_COLORS[k % len(STEP_COLORS)]
+    ax.errorbar(
+        xs,
+        [m.mean * 100 for m in ms],
+        yerr=[m.std * 100 for m in ms],
+        marker="o",
+        ms=4,
+        capsize=3,
+        label=f"S2AP, {steps} ascent step(s)",
+        color=color,
+    )
+    for x, (_, rs) in zip(xs, pts):
+        ax.scatter([x] * len(rs), [v * 100 for v in values(rs, aa)], s=6, alpha=0.5, color=color)
+
+
+def _hydra_band(ax: Any, sweep: Cells, arms: Cells) -> None:
+    """HYDRA at the sweep's sparsity/finetuning, as a mean line and a ±std band."""
+    ref = {(c.finetune, c.sparsity) for c in sweep}
+    hydra = [
+        r
+        for c, rs in arms.items()
+        if c.arm == "HYDRA" and (c.finetune, c.sparsity) in ref
+        for r in rs
+    ]
+    if not hydra:
+        return
+    m = mean_std(values(hydra, metric("test_autoattack_acc")))
+    color = ARM_COLORS["HYDRA"]
+    ax.axhspan((m.mean - m.std) * 100, (m.mean + m.std) * 100, color=color, alpha=0.15)
+    ax.axhline(m.mean * 100, color=color, lw=1, label="HYDRA (mean ± std)")
+
+
+def figure_rho(sweep: Cells, arms: Cells) -> Any:
+    """AutoAttack accuracy vs rho per ascent-step count (error bars: seed std; dots: seeds),
+    with HYDRA at the same sparsity/finetuning as a band."""
+    fig = _figure(5.0, 3.2)
+    ax = fig.add_subplot()
+    steps = sorted({c.ascent_steps or 1 for c in sweep})
+    for k, st in enumerate(steps):
+        _rho_line(ax, sweep, st, k, len(steps))
+    _hydra_band(ax, sweep, arms)
+    ax.set_xscale("log")
+    rhos = sorted({c.rho for c in sweep if c.rho})
+    ax.set_xticks(rhos, [f"{r:g}" for r in rhos])
+    ax.minorticks_off()
+    ax.set_xlabel("rho (relative radius)")
+    ax.set_ylabel("AutoAttack accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig

@@ -1,0 +1,178 @@
+"""The page's tables, as rows of strings (and Markdown), from the cells."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+
+from tracking.report.stats import MeanStd, mean_std
+from tracking.report.trials import ARM_ORDER, TEST_METRICS, Cell, TrialRun, metric, values
+
+__all__ = [
+    "ACCURACY_HEADER",
+    "LANDSCAPE_HEADER",
+    "SWEEP_HEADER",
+    "TIME_HEADER",
+    "accuracy_table",
+    "hamming_table",
+    "landscape_table",
+    "md_table",
+    "sweep_table",
+    "time_table",
+]
+
+Cells = Mapping[Cell, list[TrialRun]]
+
+# Column headers, beside the functions that make the rows.
+ACCURACY_HEADER = ("finetune", "sparsity", "arm", "seeds", "clean", "PGD", "AutoAttack")
+_LANDSCAPE_NUMBERS = (
+    "Hamming after warm-up (%)",
+    "Hamming, last epoch (%)",
+    "sharpness",
+    "Hessian top eig",
+)
+LANDSCAPE_HEADER = ("sparsity", "arm", "seeds", *_LANDSCAPE_NUMBERS)
+TIME_HEADER = (
+    "sparsity",
+    "arm",
+    "runs",
+    "s/epoch, all (mean)",
+    "s/epoch, after warm-up (median)",
+    "ratio to HYDRA",
+)
+SWEEP_HEADER = (
+    "rho",
+    "ascent steps",
+    "seeds",
+    "clean",
+    "PGD",
+    "AutoAttack",
+    "Hamming after warm-up (%)",
+    "sharpness",
+    "Hessian top eig",
+)
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A Markdown table's lines."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def fmt_small(m: MeanStd) -> str:
+    """Three significant digits (two for the spread): small numbers like sharpness."""
+    if m.n == 0 or not math.isfinite(m.mean):
+        return "–"
+    if m.n == 1:
+        return f"{m.mean:#.3g}"
+    return f"{m.mean:#.3g} ± {m.std:#.2g}"
+
+
+def _arm_label(c: Cell) -> str:
+    return c.arm if c.rho is None else f"{c.arm} (rho {c.rho:g})"
+
+
+def _prune_cells(cells: Cells) -> dict[Cell, list[TrialRun]]:
+    """The AT cells: the prune phase does not depend on the finetuning (all cells if no AT)."""
+    return {c: rs for c, rs in cells.items() if c.finetune == "AT"} or dict(cells)
+
+
+def accuracy_table(cells: Cells) -> list[list[str]]:
+    """Rows: finetune, sparsity, arm (+radius), seeds, clean, PGD, AutoAttack (percent)."""
+    rows = []
+    for c, rs in cells.items():
+        rows.append(
+            [
+                c.finetune,
+                f"{c.sparsity:g}",
+                c.arm if c.rho is None else f"{c.arm} (rho {c.rho:g}, {c.ascent_steps} step)",
+                str(len(rs)),
+                *[mean_std(values(rs, metric(k))).fmt(100) for k in TEST_METRICS],
+            ]
+        )
+    return rows
+
+
+def hamming_table(cells: Cells) -> tuple[list[str], list[list[str]]]:
+    """Mean (over seeds) Hamming distance in percent of the masked weights, per prune epoch."""
+    prune_cells = _prune_cells(cells)
+    n_epochs = max(
+        (len(r.prune_series("mask_hamming")) for rs in prune_cells.values() for r in rs), default=0
+    )
+    header = ["sparsity", "arm", *[f"ep {i + 1}" for i in range(n_epochs)]]
+    rows = []
+    for c, rs in prune_cells.items():
+        series = [r.prune_series("mask_hamming") for r in rs]
+        row = [f"{c.sparsity:g}", _arm_label(c)]
+        for i in range(n_epochs):
+            m = mean_std(s[i] for s in series if len(s) > i)
+            row.append(f"{m.mean * 100:.3g}" if m.n else "–")
+        rows.append(row)
+    return header, rows
+
+
+def _landscape_numbers(rs: list[TrialRun]) -> list[str]:
+    return [
+        fmt_small(mean_std(r.mean_post_warmup("mask_hamming") * 100 for r in rs)),
+        fmt_small(mean_std(r.last_prune("mask_hamming") * 100 for r in rs)),
+        fmt_small(mean_std(r.last_prune("sharpness") for r in rs)),
+        fmt_small(mean_std(values(rs, metric("hessian_top_eig")))),
+    ]
+
+
+def landscape_table(cells: Cells) -> list[list[str]]:
+    """Rows: sparsity, arm, mean Hamming after warm-up, sharpness and Hessian at prune end."""
+    return [
+        [f"{c.sparsity:g}", _arm_label(c), str(len(rs)), *_landscape_numbers(rs)]
+        for c, rs in _prune_cells(cells).items()
+    ]
+
+
+def _time_row(sparsity: float, arm: str, rs: list[TrialRun], hydra: MeanStd) -> list[str]:
+    post = mean_std(r.prune_seconds() for r in rs)
+    every = mean_std(
+        statistics.fmean(r.prune_series("epoch_time_s"))
+        for r in rs
+        if r.prune_series("epoch_time_s")
+    )
+    ratio = (
+        f"{post.mean / hydra.mean:.2f}"
+        if hydra.n and math.isfinite(hydra.mean) and hydra.mean > 0
+        else "–"
+    )
+    return [f"{sparsity:g}", arm, str(post.n), every.fmt(digits=2), post.fmt(digits=2), ratio]
+
+
+def time_table(cells: Cells) -> list[list[str]]:
+    """Rows: sparsity, arm, prune-epoch seconds (all epochs / after warm-up), ratio to HYDRA."""
+    rows = []
+    by_sp: dict[float, dict[str, list[TrialRun]]] = defaultdict(lambda: defaultdict(list))
+    for c, rs in cells.items():
+        by_sp[c.sparsity][c.arm].extend(rs)
+    for sp, arms in sorted(by_sp.items()):
+        hydra = mean_std(r.prune_seconds() for r in arms.get("HYDRA", []))
+        for arm in sorted(arms, key=lambda a: ARM_ORDER.index(a) if a in ARM_ORDER else 99):
+            rows.append(_time_row(sp, arm, arms[arm], hydra))
+    return rows
+
+
+def sweep_table(sweep: Cells) -> list[list[str]]:
+    """Rows: rho, ascent steps, seeds, test accuracies, Hamming after warm-up, sharpness and
+    Hessian."""
+    rows = []
+    for c, rs in sorted(sweep.items(), key=lambda kv: (kv[0].ascent_steps or 0, kv[0].rho or 0)):
+        landscape = _landscape_numbers(rs)
+        rows.append(
+            [
+                f"{c.rho:g}",
+                str(c.ascent_steps),
+                str(len(rs)),
+                *[mean_std(values(rs, metric(k))).fmt(100) for k in TEST_METRICS],
+                landscape[0],
+                *landscape[2:],
+            ]
+        )
+    return rows

@@ -1,0 +1,305 @@
+"""Writing to one MLflow run so that an outage loses nothing (the base of the study and trial runs).
+
+Each write is one operation (:mod:`tracking.outbox`): a ``log_batch`` with an epoch's metrics and
+tags, an artifact, the end of the run. It is sent at once; if MLflow still fails after its own
+retries, it is queued in the run's outbox, and every later write waits behind the queue so the
+order holds. While writes are queued for an HTTP server, one ``/health`` request (no retries)
+decides whether to send them now, so a trial does not wait out MLflow's whole retry budget at
+every epoch of an outage. ``finish()`` sends what is queued, then ends the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+
+from tracking.client import (
+    TAG_PHASE,
+    TrackingUnavailableError,
+    is_http,
+    make_client,
+    server_answers,
+)
+from tracking.outbox import Outbox, describe_op, execute_op, is_transient
+from tracking.params import flatten_params, now_ms, tag_value, to_number
+
+__all__ = ["TERMINAL_STATUSES", "ParamConflictError", "RunWriter"]
+
+_log = logging.getLogger(__name__)
+
+TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+class ParamConflictError(ValueError):
+    """A run already has a param with a different value (MLflow params are write-once)."""
+
+
+class RunWriter:
+    """Writes to one MLflow run through the outbox. Subclasses find (:meth:`_find_run`,
+    :meth:`_reopen`) or create the run."""
+
+    tracking_uri: str
+    run_id: str
+    resumed: bool
+    storage_root: Path
+    _client: MlflowClient
+    _outbox: Outbox
+    _params: dict[str, str]
+
+    def _init_writer(
+        self, tracking_uri: str, storage_root: str | os.PathLike[str], key: str
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.storage_root = Path(storage_root).absolute()
+        self._client = make_client(tracking_uri)
+        self._outbox = Outbox(self.storage_root, key)
+        self._lock = threading.RLock()
+        self._warned_outage = False
+        self._finished = False
+        self._params = {}
+
+    # -- finding the run ----------------------------------------------------------------
+    def _find_run(self, experiment_id: str, flt: str, what: str) -> Any | None:
+        """The oldest active run matching ``flt`` (the one to reuse), or ``None``."""
+        runs = self._call(
+            lambda: self._client.search_runs(
+                [experiment_id], filter_string=flt, order_by=["attributes.start_time ASC"]
+            ),
+            f"search_runs({what})",
+        )
+        if len(runs) > 1:
+            _log.warning(
+                "%s has %d runs; using the oldest (%s)", what, len(runs), runs[0].info.run_id
+            )
+        return runs[0] if runs else None
+
+    def _reopen(self, run: Any, params: Mapping[str, Any]) -> None:
+        """Write to ``run`` again: RUNNING, with its params known (a changed one raises)."""
+        self.run_id = run.info.run_id
+        self.resumed = True
+        self._params = dict(run.data.params)
+        self._check_params(params)  # before anything is written
+        if run.info.status != "RUNNING":
+            self._call(lambda: self._client.update_run(self.run_id, status="RUNNING"), "update_run")
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _call(self, fn: Callable[[], Any], what: str) -> Any:
+        """A read or run-creating call; a transient failure is a TrackingUnavailableError."""
+        try:
+            return fn()
+        except Exception as exc:
+            if is_transient(exc):
+                raise TrackingUnavailableError(
+                    f"MLflow at {self.tracking_uri} did not answer {what} ({exc}); check that "
+                    "the server is up (MLflow retries as MLFLOW_HTTP_REQUEST_MAX_RETRIES and "
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT say)"
+                ) from exc
+            raise
+
+    def _client_for(self, uri: str) -> MlflowClient:
+        return self._client if uri == self.tracking_uri else make_client(uri)
+
+    def _replay(self) -> bool:
+        """Send what the outbox holds, if the store answers; True if it is empty afterwards."""
+        if not self._outbox.path.exists():
+            return True
+        if is_http(self.tracking_uri) and not server_answers(self.tracking_uri):
+            return False
+        try:
+            self._outbox.replay(self._client_for)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+        empty = not self._outbox.path.exists()
+        if empty and self._warned_outage:
+            _log.warning("MLflow at %s is back; sent the queued operations", self.tracking_uri)
+            self._warned_outage = False
+        return empty
+
+    def _queue(self, op: dict[str, Any], error: BaseException | None) -> None:
+        self._outbox.append(op, self.tracking_uri)
+        if not self._warned_outage:
+            _log.warning(
+                "MLflow at %s unavailable (%s); queueing writes in %s until it is back",
+                self.tracking_uri,
+                error or "earlier writes are queued",
+                self._outbox.path,
+            )
+            self._warned_outage = True
+
+    def _submit(self, op: dict[str, Any]) -> bool:
+        """Execute a write now, or queue it behind earlier queued writes. True if sent now."""
+        with self._lock:
+            if not self._replay():
+                self._queue(op, None)
+                return False
+            try:
+                execute_op(self._client, op)
+                return True
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                _log.debug("%s failed: %s", describe_op(op), exc)
+                self._queue(op, exc)
+                return False
+
+    # -- public writes ---------------------------------------------------------------------
+    def log_metrics(
+        self, metrics: Mapping[str, Any], step: int, *, timestamp_ms: int | None = None
+    ) -> None:
+        """Log numeric metrics at ``step`` (the epoch), in one request. Strings become tags
+        ``s2ap.<key>`` (so ``{"phase": "prune"}`` sets ``s2ap.phase``); other values are
+        ignored."""
+        ts = now_ms() if timestamp_ms is None else int(timestamp_ms)
+        values: list[list[Any]] = []
+        tags: list[list[str]] = []
+        for key, value in metrics.items():
+            number = to_number(value)
+            if number is not None:
+                values.append([str(key), number, ts, int(step)])
+            elif isinstance(value, str):
+                tags.append([f"s2ap.{key}", tag_value(value)])
+        if values or tags:
+            self._submit(
+                {"op": "log_batch", "run_id": self.run_id, "metrics": values, "tags": tags}
+            )
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set (overwrite) run tags; values are converted to strings."""
+        self.log_params_and_tags({}, tags)
+
+    def set_phase(self, phase: str) -> None:
+        """Record the trial's current phase (``warmup``, ``prune``, ``finetune``, ...)."""
+        self.set_tags({TAG_PHASE: phase})
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log params (nested dicts are flattened with dots). Already-logged identical values are
+        skipped; a different value raises :class:`ParamConflictError`."""
+        self.log_params_and_tags(params, {})
+
+    def log_params_and_tags(self, params: Mapping[str, Any], tags: Mapping[str, Any]) -> None:
+        """:meth:`log_params` and :meth:`set_tags` in one request."""
+        flat = self._check_params(params)
+        missing = [[k, v] for k, v in flat.items() if k not in self._params]
+        items = [[str(k), tag_value(v)] for k, v in tags.items()]
+        if not (missing or items):
+            return
+        op: dict[str, Any] = {"op": "log_batch", "run_id": self.run_id}
+        if missing:
+            op["params"] = missing
+        if items:
+            op["tags"] = items
+        self._submit(op)
+        self._params.update(dict(missing))
+
+    def _check_params(self, params: Mapping[str, Any]) -> dict[str, str]:
+        """Flatten ``params``; raise ParamConflictError if any differs from a logged value."""
+        flat = flatten_params(params)
+        conflicts = {
+            k: (self._params[k], v)
+            for k, v in flat.items()
+            if k in self._params and self._params[k] != v
+        }
+        if conflicts:
+            shown = "; ".join(
+                f"{k}: logged {a!r}, now {b!r}" for k, (a, b) in list(conflicts.items())[:10]
+            )
+            raise ParamConflictError(
+                f"run {self.run_id} already has different values for {len(conflicts)} param(s) "
+                f"({shown}). MLflow params cannot change: start a new study/trial for a changed "
+                "config, or restore the original one"
+            )
+        return flat
+
+    def log_artifact(
+        self, local_path: str | os.PathLike[str], artifact_path: str | None = None
+    ) -> None:
+        """Upload a file (or every file under a folder) to the run's artifacts."""
+        path = Path(local_path)
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                rel = file.parent.relative_to(path).as_posix()
+                dest = "/".join(x for x in (artifact_path, rel if rel != "." else None) if x)
+                self.log_artifact(file, dest or None)
+            return
+        if not path.is_file():
+            raise FileNotFoundError(f"log_artifact: {path} does not exist")
+        self._submit(
+            {
+                "op": "log_artifact",
+                "run_id": self.run_id,
+                "local_path": str(path.absolute()),
+                "artifact_path": artifact_path,
+            }
+        )
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Store ``text`` as the artifact ``artifact_file`` (e.g. ``study.yaml``)."""
+        self._log_via_tempfile(artifact_file, lambda p: Path(p).write_text(text, encoding="utf-8"))
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """Store a matplotlib figure as a PNG artifact (e.g. ``plots/stability.png``)."""
+        self._log_via_tempfile(artifact_file, lambda p: figure.savefig(p, format="png", dpi=100))
+
+    def _log_via_tempfile(self, artifact_file: str, write: Callable[[str], Any]) -> None:
+        dirname, basename = os.path.split(artifact_file.strip("/"))
+        if not basename:
+            raise ValueError(f"artifact_file {artifact_file!r} must name a file")
+        with tempfile.TemporaryDirectory(prefix="s2ap-artifact-") as tmp:
+            path = os.path.join(tmp, basename)
+            write(path)
+            self.log_artifact(path, dirname or None)
+
+    # -- the end -----------------------------------------------------------------------------
+    def pending(self) -> int:
+        """Number of writes waiting in this run's outbox."""
+        return len(self._outbox)
+
+    def flush(self) -> bool:
+        """Try to send queued writes now; True if nothing is left."""
+        with self._lock:
+            return self._replay()
+
+    def finish(self, status: str = "FINISHED") -> int:
+        """Flush the outbox and mark the run ``FINISHED``/``FAILED``/``KILLED``.
+
+        Returns how many writes remain unsent (0 normally); those stay in the outbox for
+        :func:`tracking.outbox.flush_outbox`. Calling it twice is harmless.
+        """
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"finish(status={status!r}): use one of {TERMINAL_STATUSES}")
+        with self._lock:
+            if self._finished:
+                return self.pending()
+            op = {"op": "set_terminated", "run_id": self.run_id, "status": status}
+            self._submit({**op, "end_time": now_ms()})
+            self._finished = True
+            left = self.pending()
+            if left:
+                _log.warning(
+                    "run %s finished with %d writes not yet sent to %s; they are in %s "
+                    "(send them with `flush_outbox` / the s2ap command line)",
+                    self.run_id,
+                    left,
+                    self.tracking_uri,
+                    self._outbox.path,
+                )
+            return left
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.finish("FINISHED")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finish("KILLED")
+        else:
+            self.finish("FAILED")
