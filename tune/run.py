@@ -32,7 +32,7 @@ from s2ap.config import ConfigError, RunConfig, config_hash, load_run_config
 from s2ap.pipeline import Pipeline
 from tracking.artifacts import file_sha256, save_masks, save_state_dict
 
-__all__ = ["add_run_arguments", "mask_header", "run_command", "run_to_folder"]
+__all__ = ["mask_header", "run_command", "run_to_folder"]
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -56,22 +56,6 @@ def mask_header(cfg: RunConfig, dense_hash: str | None = None) -> dict[str, Any]
         "config_hash": config_hash(cfg.model_dump(mode="json")),
         "dense_checkpoint_hash": dense_hash,
     }
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="run file (YAML), e.g. configs/run-digits.yaml")
-    parser.add_argument("--out", required=True, help="output folder (must be new or empty)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    parser.add_argument("--force", action="store_true", help="replace an existing --out")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="override a field, e.g. --set prune.rho=0.05 (repeatable; VALUE is YAML)",
-    )
-    parser.add_argument("--device", help="override the config's device (cpu, cuda, cuda:1)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -166,7 +150,15 @@ def run_to_folder(
             )
             bar.update(1)
     bar.close()
-    summary: dict[str, Any] = {"name": cfg.name, "train_time_s": time.perf_counter() - started}
+    return _write_results(pipeline, out, dense_hash, time.perf_counter() - started)
+
+
+def _write_results(
+    pipeline: Pipeline, out: Path, dense_hash: str | None, train_time_s: float
+) -> dict[str, Any]:
+    """The mask(s), the selected model and ``summary.json`` (with the test numbers)."""
+    cfg = pipeline.cfg
+    summary: dict[str, Any] = {"name": cfg.name, "train_time_s": train_time_s}
     if pipeline.masking is not None:
         header = mask_header(cfg, dense_hash)
         summary["mask_sha256"] = save_masks(out / "mask.s2mask", pipeline.selected_masks(), header)
@@ -186,7 +178,8 @@ def run_to_folder(
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Entry point of ``s2ap run``; returns the exit code (2 for bad input)."""
+    """Entry point of ``s2ap run`` (arguments: :mod:`tune.cli.run`); returns the exit code
+    (2 for bad input)."""
     try:
         cfg = load_run_config(args.config, parse_overrides(args.set))
         out = Path(args.out)

@@ -64,8 +64,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,6 +89,7 @@ __all__ = [
     "StudyError",
     "StudySettings",
     "TestEvalConfig",
+    "fingerprint_changes",
     "load_study",
 ]
 
@@ -296,6 +297,11 @@ class Study:
         return self.experiment_dir / "summary.json"
 
     @property
+    def shell_arg(self) -> str:
+        """The study file as a shell argument, for the commands the service prints."""
+        return shlex.quote(str(self.path)) if self.path else "STUDY.yaml"
+
+    @property
     def folder(self) -> Path:
         """The folder relative paths are resolved against (the study file's folder)."""
         return self.path.parent if self.path else Path.cwd()
@@ -337,13 +343,7 @@ class Study:
 
 
 # --------------------------------------------------------------------------------------------
-
-
-def _resolve(folder: Path, value: str | None) -> str | None:
-    if value is None:
-        return None
-    p = Path(value).expanduser()
-    return str(p if p.is_absolute() else (folder / p).resolve())
+# load_study: read -> apply overrides -> validate sections -> resolve paths -> cross-checks
 
 
 def load_study(
@@ -356,62 +356,105 @@ def load_study(
     """Read and validate a study file (or a ``raw`` dict); create nothing.
 
     ``overrides`` are ``{dotted path: value}`` applied before validation (``study.num_samples``,
-    ``prune.epochs``, ...). Raises :class:`StudyError` naming the field and the fix.
+    ``prune.epochs``, ...). Relative paths resolve against ``folder`` (default: the study
+    file's folder). Raises :class:`StudyError` naming the field and the fix.
     """
     source = str(path) if path is not None else "study"
-    if raw is None:
-        if path is None:
-            raise StudyError("load_study: pass a study file path or raw=")
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise StudyError(f"{p}: no such study file") from None
-        except IsADirectoryError:
-            raise StudyError(f"{p}: is a folder; pass the study's YAML file") from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise StudyError(f"{p}: not valid YAML: {exc}") from None
-        study_path: Path | None = p.resolve()
-    else:
-        study_path = Path(path).resolve() if path is not None else None
+    raw, study_path = _read(path, raw)
     if not isinstance(raw, dict):
         raise StudyError(f"{source}: expected a mapping at the top level")
+    raw = _apply_overrides(raw, overrides or {})
+    base_folder = (
+        Path(folder).resolve() if folder else (study_path.parent if study_path else Path.cwd())
+    )
+    study_raw, space_raw = _split_sections(raw, source)
+    settings = _validate_settings(study_raw, source)
+    run_config = _resolve_paths(_validate_run_config(raw, source), base_folder, source)
+    name = _study_name(settings, study_path, run_config, source)
+    space = _validate_space(space_raw, settings, run_config, source)
+    _check_cross(settings, run_config, source)
+    return Study(
+        path=study_path,
+        name=name,
+        settings=settings,
+        run_config=run_config,
+        space=space,
+        storage_root=Path(_resolve(base_folder, settings.storage_root) or ""),
+        raw={**raw, "study": study_raw, "search_space": space_raw},
+    )
+
+
+def _read(path: str | Path | None, raw: dict[str, Any] | None) -> tuple[Any, Path | None]:
+    """The file's content (or ``raw``) and the study file's absolute path."""
+    if raw is not None:
+        return raw, Path(path).resolve() if path is not None else None
+    if path is None:
+        raise StudyError("load_study: pass a study file path or raw=")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StudyError(f"{p}: no such study file") from None
+    except IsADirectoryError:
+        raise StudyError(f"{p}: is a folder; pass the study's YAML file") from None
+    try:
+        return yaml.safe_load(text) or {}, p.resolve()
+    except yaml.YAMLError as exc:
+        raise StudyError(f"{p}: not valid YAML: {exc}") from None
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``raw`` with ``{dotted path: value}`` set (the caller's dict is untouched)."""
     raw = copy.deepcopy(raw)
-    for key, value in (overrides or {}).items():
+    for key, value in overrides.items():
         try:
             set_dotted(raw, key, value)
         except ConfigError as exc:
             raise StudyError(f"override {key}: {exc}") from None
-    base_folder = (
-        Path(folder).resolve() if folder else (study_path.parent if study_path else Path.cwd())
-    )
+    return raw
 
+
+def _split_sections(raw: dict[str, Any], source: str) -> tuple[dict[str, Any], Any]:
+    """Pop ``study:`` and ``search_space:`` off ``raw``, which is left as the run config."""
     study_raw = raw.pop("study", None) or {}
     space_raw = raw.pop("search_space", None)
     if not isinstance(study_raw, dict):
         raise StudyError(
             f"{source}: study: expected a mapping (name, storage_root, num_samples, ...)"
         )
+    return study_raw, space_raw
 
+
+def _validate_settings(study_raw: dict[str, Any], source: str) -> StudySettings:
     try:
-        settings = StudySettings.model_validate(study_raw)
+        return StudySettings.model_validate(study_raw)
     except ValidationError as exc:
         raise StudyError(format_errors(exc, source, "study.")) from None
+
+
+def _validate_run_config(run_raw: dict[str, Any], source: str) -> RunConfig:
     try:
-        run_config = RunConfig.model_validate(raw)
+        return RunConfig.model_validate(run_raw)
     except ValidationError as exc:
         raise StudyError(format_validation_error(exc, source)) from None
 
-    # Paths a trial reads: absolute, relative to the study file's folder.
+
+def _resolve(folder: Path, value: str | None) -> str | None:
+    if value is None:
+        return None
+    p = Path(value).expanduser()
+    return str(p if p.is_absolute() else (folder / p).resolve())
+
+
+def _resolve_paths(run_config: RunConfig, folder: Path, source: str) -> RunConfig:
+    """Paths a trial reads, made absolute against the study file's folder (trials chdir)."""
     updates: dict[str, Any] = {}
     if run_config.data.root is not None:
         updates["data"] = run_config.data.model_copy(
-            update={"root": _resolve(base_folder, run_config.data.root)}
+            update={"root": _resolve(folder, run_config.data.root)}
         )
     if run_config.dense.checkpoint is not None:
-        ckpt = _resolve(base_folder, run_config.dense.checkpoint)
+        ckpt = _resolve(folder, run_config.dense.checkpoint)
         if not Path(ckpt).is_file():
             raise StudyError(
                 f"{source}: dense.checkpoint: {ckpt} does not exist; give the path of the dense "
@@ -419,21 +462,30 @@ def load_study(
                 "pretrain one with the pretrain section"
             )
         updates["dense"] = run_config.dense.model_copy(update={"checkpoint": ckpt})
-    if updates:
-        run_config = run_config.model_copy(update=updates)
+    return run_config.model_copy(update=updates) if updates else run_config
 
+
+def _study_name(
+    settings: StudySettings, study_path: Path | None, run_config: RunConfig, source: str
+) -> str:
+    """``study.name``, else the study file's stem, else the run config's name."""
     name = settings.name or (study_path.stem if study_path else run_config.name)
     if not _NAME.fullmatch(name):
         raise StudyError(
             f"{source}: study.name: {name!r} is not a valid study name; set study.name to "
             "letters, digits, '_', '.' or '-'"
         )
-    storage_root = Path(_resolve(base_folder, settings.storage_root) or "")
+    return name
 
+
+def _validate_space(
+    space_raw: Any, settings: StudySettings, run_config: RunConfig, source: str
+) -> SearchSpace:
+    """The search space, checked against the searcher, the seeds and the run config."""
     try:
         space = parse_search_space(space_raw, where=f"{source}: search_space")
         check_searcher(settings.searcher, settings.objectives, space, settings.num_samples)
-        if settings.seeds and "seed" in space.params:
+        if settings.seeds and "seed" in space.keys:
             raise ConfigError(
                 f"{source}: search_space: seed: cannot be searched together with study.seeds "
                 "(replicates); remove one of them"
@@ -443,17 +495,7 @@ def load_study(
         raise
     except ConfigError as exc:
         raise StudyError(str(exc)) from None
-
-    _check_cross(settings, run_config, source)
-    return Study(
-        path=study_path,
-        name=name,
-        settings=settings,
-        run_config=run_config,
-        space=space,
-        storage_root=storage_root,
-        raw={**raw, "study": study_raw, "search_space": space_raw},
-    )
+    return space
 
 
 def format_errors(err: ValidationError, source: str, prefix: str = "") -> str:
@@ -468,24 +510,33 @@ def format_errors(err: ValidationError, source: str, prefix: str = "") -> str:
 
 def _check_cross(settings: StudySettings, cfg: RunConfig, source: str) -> None:
     """Checks that need the run config and the study block together."""
-    phases = ("prune",) if settings.trainable == "prune" else ("prune", "finetune")
     if cfg.prune.epochs < 1:
         raise StudyError(
             f"{source}: prune.epochs: is 0, so trials would have no mask to search; set it >= 1"
         )
-    total = sum(getattr(cfg, p).epochs for p in phases)
+    _check_scheduler(settings, cfg, source)
+    _check_device(settings, cfg, source)
+
+
+def _check_scheduler(settings: StudySettings, cfg: RunConfig, source: str) -> None:
     sch = settings.scheduler
-    if sch.kind == "asha":
-        max_t = sch.max_t or total
-        if sch.time_attr == "training_iteration" and sch.grace_period > max_t:
-            raise StudyError(
-                f"{source}: study.scheduler.grace_period: {sch.grace_period} is more than the "
-                f"{max_t} epochs a trial runs; lower it (or raise the epochs)"
-            )
-        if sch.time_attr != "training_iteration" and sch.max_t is None:
-            raise StudyError(
-                f"{source}: study.scheduler.max_t: required when time_attr is {sch.time_attr!r}"
-            )
+    if sch.kind != "asha":
+        return
+    phases = ("prune",) if settings.trainable == "prune" else ("prune", "finetune")
+    max_t = sch.max_t or sum(getattr(cfg, p).epochs for p in phases)
+    if sch.time_attr == "training_iteration" and sch.grace_period > max_t:
+        raise StudyError(
+            f"{source}: study.scheduler.grace_period: {sch.grace_period} is more than the "
+            f"{max_t} epochs a trial runs; lower it (or raise the epochs)"
+        )
+    if sch.time_attr != "training_iteration" and sch.max_t is None:
+        raise StudyError(
+            f"{source}: study.scheduler.max_t: required when time_attr is {sch.time_attr!r}"
+        )
+
+
+def _check_device(settings: StudySettings, cfg: RunConfig, source: str) -> None:
+    """The run config's device must agree with what Ray gives a trial (study.resources)."""
     if cfg.device.startswith("cuda") and settings.resources.gpu == 0:
         raise StudyError(
             f"{source}: device: {cfg.device!r} but study.resources.gpu is 0, so Ray gives trials "
@@ -498,31 +549,6 @@ def _check_cross(settings: StudySettings, cfg: RunConfig, source: str) -> None:
         )
     if cfg.device == "mps":
         raise StudyError(f"{source}: device: mps is not supported in studies; use auto")
-
-
-def write_study_json(study: Study) -> None:
-    """Record the resolved study in its experiment folder (atomically)."""
-    import os
-    import tempfile
-
-    study.experiment_dir.mkdir(parents=True, exist_ok=True)
-    data = {
-        "study_file": str(study.path) if study.path else None,
-        "fingerprint": study.fingerprint(),
-        "fingerprint_hash": study.fingerprint_hash(),
-    }
-    fd, tmp = tempfile.mkstemp(dir=study.experiment_dir, prefix=".study-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, study.study_json)
-
-
-def read_study_json(experiment_dir: Path) -> dict[str, Any] | None:
-    path = experiment_dir / "study.json"
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def fingerprint_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

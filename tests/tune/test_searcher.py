@@ -87,9 +87,7 @@ def test_every_effective_configuration_is_trained_once(tmp_path: Path) -> None:
     # Optuna saw the skipped draws too, each with the value of the trial that trained it
     trials = optuna.load_study(study_name="s", storage=url).trials
     assert len(trials) > 4 and searcher.duplicates == len(trials) - 4
-    value_of = {
-        tuple(sorted(trial_values(c).items())): _objective(c) for c in issued
-    }
+    value_of = {tuple(sorted(trial_values(c).items())): _objective(c) for c in issued}
     for t in trials:
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert t.value == value_of[tuple(sorted(t.params.items()))]

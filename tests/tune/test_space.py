@@ -62,9 +62,7 @@ def test_branch_keys_and_round_trip() -> None:
     assert space.has_branches
     again = parse_search_space(space.to_dict())
     assert again.to_dict() == space.to_dict()
-    assert space.contains(
-        {"prune.sparsity": 0.8, "prune.perturbation": "random", "prune.rho": 0.1}
-    )
+    assert space.contains({"prune.sparsity": 0.8, "prune.perturbation": "random", "prune.rho": 0.1})
     # a value of another branch, or a parameter the drawn branch lacks, is not a point
     assert "ascent_steps" in space.unmatched(
         {
@@ -119,9 +117,7 @@ def test_grid_expands_branches() -> None:
     assert len(points) == 2 * (2 * 3 + 2) == space.grid_size()
     assert len({tuple(sorted(p.items())) for p in points}) == len(points)
     assert all(space.contains(p) for p in points)
-    assert not any(
-        "prune.ascent_steps" in p for p in points if p["prune.perturbation"] == "random"
-    )
+    assert not any("prune.ascent_steps" in p for p in points if p["prune.perturbation"] == "random")
     space.validate_against(BASE)
 
 

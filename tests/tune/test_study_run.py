@@ -17,29 +17,38 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from tests.tune.conftest import S2AP, write_study
+from tune.checkpoint import load_trial_checkpoint
 from tune.cli import main
 from tune.service import LaunchOptions, run_study
 from tune.study import load_study
-from tune.trainable import load_trial_checkpoint
 
 
 @pytest.mark.ray
 def test_tiny_study_end_to_end(
     tmp_path: Path, ray_local: object, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    rho = {"type": "loguniform", "low": 0.01, "high": 0.5}
+    steps = {"type": "int", "low": 1, "high": 2}
+    arms = {"score": {"prune.rho": rho, "prune.ascent_steps": steps}, "random": {"prune.rho": rho}}
     path = write_study(
         tmp_path,
         {
             "study.num_samples": 6,
-            "search_space/prune.perturbation": {"type": "choice", "values": ["score", "random"]},
+            # The arm is searched; ascent steps only where the arm has them (S2AP).
+            "search_space": {"prune.perturbation": {"type": "choice", "branches": arms}},
             "evaluate.autoattack": True,
-            "evaluate.n_examples": 24,
+            "evaluate.autoattack_examples": 24,
+            "evaluate.n_examples": 100,  # more than the 60 test examples there are
         },
     )
     study = load_study(path)
     outcome = run_study(study, LaunchOptions(verbose=0))
     assert outcome.exit_code == 0
     summary = outcome.summary
+    # The printout gives the number of test examples evaluated, not the number asked for.
+    printed = capsys.readouterr().out
+    assert summary["test"]["test_examples"] == 60
+    assert "test (60 examples)" in printed and "100 examples" not in printed
     rows = summary["trials"]
 
     # Every trial ran, none failed.

@@ -10,14 +10,10 @@ import torch
 from ray.tune.utils import validate_save_restore
 
 from tests.tune.conftest import write_study
+from tune.checkpoint import load_trial_checkpoint
+from tune.context import CONTEXT_KEY, TrialConfigError, make_trial_context
 from tune.study import load_study
-from tune.trainable import (
-    CONTEXT_KEY,
-    S2APTrainable,
-    TrialConfigError,
-    load_trial_checkpoint,
-    make_trial_context,
-)
+from tune.trainable import S2APTrainable
 
 
 def _config(tmp_path: Path, **sampled: object) -> dict:

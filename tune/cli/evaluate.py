@@ -1,0 +1,62 @@
+"""``s2ap evaluate STUDY.yaml [--trial ID]``: test-set numbers of a trial's checkpoint
+(default: the best trial), measured here (:mod:`tune.evaluation`)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from tune.cli.common import Command, UserError, add_study_arguments, load_study_args
+
+__all__ = ["COMMAND"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_study_arguments(p)
+    p.add_argument("--trial", help="trial id (default: the best completed trial)")
+    p.add_argument("--n-examples", type=int)
+    p.add_argument("--no-autoattack", action="store_true")
+    p.add_argument("--cpu", action="store_true", help="evaluate on the CPU even with a GPU")
+
+
+def _pick(study: Any, status: dict[str, Any], trial: str | None) -> dict[str, Any]:
+    """The row of ``--trial``, or the best trial's; it must have a checkpoint."""
+    if trial:
+        rows = [r for r in status["trials"] if r["trial_id"] == trial]
+        if not rows:
+            ids = ", ".join(r["trial_id"] for r in status["trials"])
+            raise UserError(f"--trial {trial}: no such trial in {study.name} ({ids})")
+        row = rows[0]
+    else:
+        row = status["best"]
+        if row is None:
+            raise UserError(f"study {study.name} has no completed trial; pass --trial ID")
+    if not row.get("checkpoint"):
+        raise UserError(f"trial {row['trial_id']} has no checkpoint")
+    return row
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from tune.evaluation import evaluate_trial_checkpoint
+    from tune.status import study_status
+
+    study = load_study_args(args)
+    row = _pick(study, study_status(study), args.trial)
+    overrides: dict[str, Any] = {}
+    if args.n_examples:
+        overrides["n_examples"] = args.n_examples
+    if args.no_autoattack:
+        overrides["autoattack"] = False
+    gpu = 1.0 if torch.cuda.is_available() and not args.cpu else 0.0
+    result = evaluate_trial_checkpoint(row["checkpoint"], evaluate_overrides=overrides, gpu=gpu)
+    print(json.dumps({"trial_id": row["trial_id"], **result}, indent=2, default=str))
+    return 0
+
+
+COMMAND = Command(
+    "evaluate", "test-set evaluation of a trial's checkpoint (default: best)", add_arguments, run
+)

@@ -1,0 +1,163 @@
+"""``s2ap masks pull|apply|diff``: the best trial's mask out of MLflow, a mask applied to a dense
+checkpoint, two masks compared."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from tune.cli.common import Command, UserError, method_text, refuse_existing, study_or_name
+
+__all__ = ["COMMAND"]
+
+
+# --- pull ---------------------------------------------------------------------------------------
+def add_pull_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("study", help="the study file, or the study name with --tracking-uri")
+    p.add_argument("--storage-root", help="override study.storage_root (relative to the cwd)")
+    p.add_argument("--metric", help="selection metric (default: the study's first objective)")
+    p.add_argument("--mode", choices=("max", "min"))
+    p.add_argument("--tracking-uri")
+    p.add_argument("--out", default="best-mask", help="output folder (default: ./best-mask)")
+    p.add_argument("--with-weights", action="store_true", help="also pull the pruned weights")
+    p.add_argument("--force", action="store_true", help="replace files in --out")
+
+
+def pull(args: argparse.Namespace) -> int:
+    from tracking.artifacts import MASK_SUFFIX
+    from tracking.pull import pull_best_mask
+
+    name, uri, study = study_or_name(args.study, args.tracking_uri, args.storage_root)
+    metric = args.metric or (study.objective.metric if study else "val_robust_acc")
+    mode = args.mode or (study.objective.mode if study else "max")
+    out = Path(args.out).absolute()
+    refuse_existing(out / f"final{MASK_SUFFIX}", args.force)
+    pulled = pull_best_mask(
+        uri, name, out, metric=metric, mode=mode, with_weights=args.with_weights
+    )
+    header = pulled.header
+    print(f"best trial {pulled.trial_id} (run {pulled.run_id}) by {metric} {mode}")
+    sparsity = header.get("global_sparsity", float("nan"))
+    where = f"{header.get('architecture', '?')} on {header.get('dataset', '?')}"
+    print(f"mask:    {pulled.mask_path}  (sparsity {sparsity:.4f}, {where}, {method_text(header)})")
+    if pulled.weights_path:
+        print(f"weights: {pulled.weights_path}")
+    print(f"info:    {pulled.info_path}")
+    return 0
+
+
+# --- apply --------------------------------------------------------------------------------------
+def add_apply_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mask", help="a .s2mask file")
+    p.add_argument("--checkpoint", required=True, help="dense state dict (.pt or .safetensors)")
+    p.add_argument("--out", required=True, help="pruned state dict to write (.pt or .safetensors)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+
+
+def _load_checkpoint_state(path: Path) -> dict[str, Any]:
+    from tracking.artifacts import load_state_dict
+
+    if not path.is_file():
+        raise UserError(f"--checkpoint {path}: no such file")
+    try:
+        state = load_state_dict(path)
+    except Exception as exc:
+        raise UserError(f"--checkpoint {path}: not a state dict ({exc})") from None
+    for key in ("state_dict", "model"):  # common wrappers
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def _save_state(out: Path, state: dict[str, Any]) -> None:
+    """Safetensors by suffix, else torch.save; atomically (a temp file renamed into place)."""
+    import tempfile
+
+    import torch
+
+    from tracking.artifacts import save_state_dict
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".safetensors":
+        save_state_dict(out, state)
+        return
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}-")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def apply(args: argparse.Namespace) -> int:
+    from s2ap.masking import apply_masks_to_state_dict
+    from tracking.artifacts import load_masks
+
+    mask_path, out = Path(args.mask), Path(args.out).absolute()
+    if not mask_path.is_file():
+        raise UserError(f"{mask_path}: no such mask file")
+    refuse_existing(out, args.force)
+    masks, header = load_masks(mask_path)
+    state = _load_checkpoint_state(Path(args.checkpoint))
+    try:
+        pruned = apply_masks_to_state_dict(state, masks)
+    except ValueError as exc:
+        raise UserError(f"{mask_path} does not fit {args.checkpoint}: {exc}") from None
+    _save_state(out, pruned)
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    print(
+        f"wrote {out}: {len(masks)} masked layers, sparsity {1 - kept / max(total, 1):.4f} "
+        f"({method_text(header)} mask of {header.get('architecture', '?')})"
+    )
+    return 0
+
+
+# --- diff ---------------------------------------------------------------------------------------
+def add_diff_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--json", action="store_true")
+
+
+def diff(args: argparse.Namespace) -> int:
+    import json
+
+    from s2ap.metrics import mask_hamming
+    from tracking.artifacts import load_masks
+
+    for p in (args.a, args.b):
+        if not Path(p).is_file():
+            raise UserError(f"{p}: no such mask file")
+    a, _ = load_masks(args.a)
+    b, _ = load_masks(args.b)
+    try:
+        overall, per_layer = mask_hamming(a, b)
+    except ValueError as exc:
+        raise UserError(f"the masks cannot be compared: {exc}") from None
+    if args.json:
+        print(json.dumps({"overall": overall, "per_layer": per_layer}, indent=2))
+        return 0
+    width = max((len(n) for n in per_layer), default=5)
+    print(f"{'layer'.ljust(width)}  hamming")
+    for name, d in per_layer.items():
+        print(f"{name.ljust(width)}  {d:.6f}")
+    print(f"{'overall'.ljust(width)}  {overall:.6f}")
+    return 0
+
+
+COMMAND = Command(
+    "masks",
+    "pull, apply and compare masks",
+    subcommands=(
+        Command("pull", "download the best trial's mask from MLflow", add_pull_arguments, pull),
+        Command(
+            "apply", "zero the pruned weights of a dense checkpoint", add_apply_arguments, apply
+        ),
+        Command("diff", "normalised Hamming distance between two masks", add_diff_arguments, diff),
+    ),
+)

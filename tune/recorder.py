@@ -1,0 +1,156 @@
+"""A trial's MLflow run, seen from the trial: every write a trial makes goes through one
+:class:`TrialRecorder` (a thin wrapper of :class:`tracking.runs.TrialTracker`).
+
+The recorder is opened once the trial's pipelines exist, with all params and tags at once; a
+trial that fails while it is built opens it only to record the failure (FAILED, with the
+reason in ``s2ap.error``). Without a tracking context (a Trainable used outside a study) it
+records nothing. What a trial logs, and when, is decided here, in one place: which params
+(:func:`trial_params`), which tags (:func:`trial_tags`), per-epoch metrics, masks, weights,
+test numbers and the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from s2ap.config import RunConfig
+from tune.context import TrialContext
+
+if TYPE_CHECKING:
+    import torch
+
+    from tracking.runs import TrialTracker
+
+__all__ = ["OUTCOMES", "TrialRecorder", "test_metrics", "trial_params", "trial_tags"]
+
+_log = logging.getLogger(__name__)
+
+#: Final status of a trial's run -> its ``s2ap.outcome`` tag.
+OUTCOMES = {"FINISHED": "completed", "KILLED": "stopped_early", "FAILED": "error"}
+_METHODS = {"score": "s2ap", "none": "hydra", "random": "hydra+random-perturbation"}
+
+
+def trial_params(cfg: RunConfig, ctx: TrialContext) -> dict[str, Any]:
+    """The params of a trial's run: its whole run config plus how the study runs it.
+
+    Also stored in the trial's checkpoint (``trial.json``): reopening the run must log the
+    same values, since MLflow params are write-once.
+    """
+    return {
+        **cfg.model_dump(mode="json"),
+        "study": {
+            "trainable": "prune" if list(ctx.phases) == ["prune"] else "pipeline",
+            "seeds": list(ctx.seeds) if ctx.seeds else None,
+        },
+    }
+
+
+def trial_tags(
+    cfg: RunConfig,
+    ctx: TrialContext,
+    *,
+    sampled: Mapping[str, Any],
+    trial_name: str,
+    device_info: Mapping[str, str] | None,
+) -> dict[str, str]:
+    """Tags of a trial's run: versions, host, method, what was sampled, the device."""
+    import optuna
+    import ray
+
+    from tracking.runs import TAG_DEVICE
+
+    tags = {
+        "s2ap.ray_version": ray.__version__,
+        "s2ap.optuna_version": optuna.__version__,
+        "s2ap.hostname": socket.gethostname(),
+        "s2ap.trial_name": trial_name,
+        "s2ap.searched": json.dumps(dict(sampled), sort_keys=True),
+        "s2ap.method": _METHODS[cfg.prune.perturbation],
+        "s2ap.dense_hash": ctx.dense_hash or "",
+    }
+    if device_info:
+        tags[TAG_DEVICE] = device_info["device_name"]
+        tags["s2ap.gpu_ids"] = device_info["gpu_ids"]
+    return tags
+
+
+def test_metrics(numbers: Mapping[str, Any]) -> dict[str, float]:
+    """The ``test_*`` numbers of a test evaluation (what goes to MLflow)."""
+    return {k: v for k, v in numbers.items() if k.startswith("test_") and isinstance(v, float)}
+
+
+class TrialRecorder:
+    """All of one trial's MLflow interaction; a no-op without a tracking context."""
+
+    def __init__(self, tracker: TrialTracker | None = None) -> None:
+        self._tracker = tracker
+        self._finished = False
+
+    @classmethod
+    def open(
+        cls,
+        tracking: Mapping[str, str] | None,
+        trial_id: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, Any],
+    ) -> TrialRecorder:
+        """Find (by trial id, under the study run) or create the trial's run and log
+        ``params`` and ``tags``; a disabled recorder when ``tracking`` is ``None``."""
+        if not tracking:
+            return cls(None)
+        from tracking.runs import TrialTracker
+
+        return cls(
+            TrialTracker.open(
+                tracking["tracking_uri"],
+                tracking["experiment_name"],
+                tracking["parent_run_id"],
+                trial_id,
+                params,
+                tags,
+                storage_root=tracking.get("storage_root"),
+            )
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self._tracker is not None
+
+    def log_epoch(self, metrics: Mapping[str, Any], step: int) -> None:
+        """One epoch's metrics (numbers only; the tracker drops the rest)."""
+        if self._tracker is not None:
+            self._tracker.log_metrics(dict(metrics), step=step)
+
+    def log_masks(
+        self, masks: Mapping[str, torch.Tensor], header: Mapping[str, Any], name: str
+    ) -> None:
+        if self._tracker is not None:
+            self._tracker.log_masks(masks, header, name)
+
+    def log_weights(self, state_dict: Mapping[str, torch.Tensor], name: str) -> None:
+        if self._tracker is not None:
+            self._tracker.log_state_dict(state_dict, name)
+
+    def log_test(self, numbers: Mapping[str, Any], step: int) -> None:
+        """Test-set numbers: MLflow only (Optuna and ASHA never see them)."""
+        if self._tracker is not None:
+            self._tracker.log_metrics(test_metrics(numbers), step=step)
+
+    def finish(self, status: str, error: BaseException | None = None) -> None:
+        """End the run as FINISHED, KILLED or FAILED (with the reason); only the first call
+        counts, and it never raises: tracking must not hide the trial's own outcome."""
+        if self._tracker is None or self._finished:
+            return
+        self._finished = True
+        try:
+            if error is not None:
+                reason = f"{type(error).__name__}: {error}"[:4000]
+                self._tracker.set_tags({"s2ap.error": reason})
+            self._tracker.set_tags({"s2ap.outcome": OUTCOMES[status]})
+            self._tracker.finish(status)
+        except Exception:
+            _log.exception("could not finish the MLflow run of trial %s", self._tracker.trial_id)

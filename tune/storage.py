@@ -1,0 +1,168 @@
+"""A study's storage: is it new, resumed or overwritten, and the records kept beside Ray's.
+
+Before anything is written, :func:`check_storage` decides whether this launch may use the
+study's folder: a new study must not overwrite an old one (``--resume``/``--overwrite``), and a
+resumed one must match the study file it started from (``study.json``'s fingerprint and the
+tracking URI). Only then does the service write: :func:`delete_study` (``--overwrite``),
+:func:`drop_stale_optuna_study`, :func:`write_study_json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import IO, Any
+
+from tune.console import warn
+from tune.study import Study, StudyError, fingerprint_changes
+
+__all__ = [
+    "check_storage",
+    "delete_study",
+    "drop_stale_optuna_study",
+    "is_complete",
+    "read_study_json",
+    "study_exists",
+    "write_json",
+    "write_study_json",
+]
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON atomically (a temp file renamed into place): never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def write_study_json(study: Study, tracking_uri: str) -> None:
+    """Record the resolved study (what ``--resume`` compares against) in its experiment folder."""
+    write_json(
+        study.study_json,
+        {
+            "study_file": str(study.path) if study.path else None,
+            "fingerprint": study.fingerprint(),
+            "fingerprint_hash": study.fingerprint_hash(),
+            "tracking_uri": tracking_uri,
+        },
+    )
+
+
+def read_study_json(experiment_dir: Path) -> dict[str, Any] | None:
+    path = experiment_dir / "study.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def study_exists(study: Study) -> bool:
+    """True when an earlier launch left this study's records (study.json or a Tune experiment)."""
+    from ray import tune
+
+    d = study.experiment_dir
+    return study.study_json.exists() or (d.is_dir() and tune.Tuner.can_restore(str(d)))
+
+
+def _changes_since_start(study: Study, tracking_uri: str) -> list[str]:
+    """What differs between this launch and the one that started the study (dotted keys)."""
+    old = read_study_json(study.experiment_dir)
+    if old is None:
+        return []
+    changes = fingerprint_changes(old.get("fingerprint", {}), study.fingerprint())
+    if old.get("tracking_uri") and old["tracking_uri"] != tracking_uri:
+        changes.append(f"tracking_uri ({old['tracking_uri']!r} -> {tracking_uri!r})")
+    return changes
+
+
+def is_complete(study: Study, tracking_uri: str) -> bool:
+    """True when the study ran to its end (summary.json) from this very study file."""
+    old = read_study_json(study.experiment_dir)
+    if old is None or not study.summary_json.is_file():
+        return False
+    if old.get("tracking_uri") not in (None, tracking_uri):
+        return False
+    return not fingerprint_changes(old.get("fingerprint", {}), study.fingerprint())
+
+
+def check_storage(study: Study, tracking_uri: str, *, resume: bool, overwrite: bool) -> None:
+    """Refuse a launch that would mix two studies in one folder; writes nothing."""
+    if resume and overwrite:
+        raise StudyError("--resume and --overwrite exclude each other; pick one")
+    exists = study_exists(study)
+    here = study.shell_arg
+    if resume:
+        if not exists:
+            raise StudyError(
+                f"nothing to resume: no study {study.name!r} in {study.storage_root}; "
+                f"start it with `s2ap tune {here}` (without --resume)"
+            )
+        changes = _changes_since_start(study, tracking_uri)
+        if changes:
+            shown = "\n  ".join(changes[:20])
+            raise StudyError(
+                f"the study file changed since study {study.name!r} started; --resume needs "
+                f"the same configuration. Changed:\n  {shown}\nRestore those values, or "
+                "start a new study (change study.name) or start over with --overwrite"
+            )
+        return
+    if exists and not overwrite and not is_complete(study, tracking_uri):
+        raise StudyError(
+            f"study {study.name!r} already exists in {study.experiment_dir} and is not complete. "
+            f"Continue it with `s2ap tune --resume {here}`, look at it with `s2ap status {here}`, "
+            f"start over with `s2ap tune --overwrite {here}` (deletes its trials), or set "
+            "another study.name"
+        )
+
+
+def delete_study(study: Study, tracking_uri: str, out: IO[str]) -> None:
+    """``--overwrite``: remove the Tune experiment, the Optuna study and the MLflow runs."""
+    import optuna
+
+    if study.experiment_dir.exists():
+        shutil.rmtree(study.experiment_dir)
+    if study.optuna_path.exists():
+        try:
+            optuna.delete_study(study_name=study.name, storage=study.optuna_url)
+        except KeyError:
+            pass
+    if not (study.storage_root.exists() or tracking_uri.startswith(("http://", "https://"))):
+        return  # nothing was ever written
+    try:
+        _delete_mlflow_runs(study.name, tracking_uri)
+    except Exception as exc:  # the store may be unreachable; say so, do not fail the study
+        warn(f"could not delete the old MLflow runs of {study.name!r}: {exc}", out)
+    print(f"--overwrite: removed the previous results of study {study.name!r}", file=out)
+
+
+def _delete_mlflow_runs(study_name: str, tracking_uri: str) -> None:
+    from tracking.runs import TAG_STUDY, make_client
+
+    client = make_client(tracking_uri)
+    exp = client.get_experiment_by_name(study_name)
+    if exp is None:
+        return
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`{TAG_STUDY}` = '{study_name}'"
+    )
+    for run in runs:
+        client.delete_run(run.info.run_id)
+
+
+def drop_stale_optuna_study(study: Study, err: IO[str]) -> None:
+    """A new study must not inherit an Optuna study of the same name left in optuna.db (its
+    Tune experiment is gone, so its trials would only mislead the sampler)."""
+    import optuna
+
+    if not study.optuna_path.exists():
+        return
+    try:
+        optuna.delete_study(study_name=study.name, storage=study.optuna_url)
+    except KeyError:
+        return
+    warn(f"removed a stale Optuna study {study.name!r} from {study.optuna_path}", err)
