@@ -13,12 +13,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from s2ap.config import ConfigError, RunConfig
+from tune.baselines import BASELINE_KEY, trial_values
 from tune.search import build_trial_config
 
 __all__ = [
     "CONTEXT_KEY",
     "TrialConfigError",
     "TrialContext",
+    "baseline_name",
     "make_trial_context",
     "sampled_values",
     "trial_run_config",
@@ -109,8 +111,15 @@ def make_trial_context(
 
 
 def sampled_values(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The values the searcher sampled (the config without the context)."""
-    return {k: v for k, v in config.items() if k != CONTEXT_KEY}
+    """The run-config values of a trial (``{dotted path: value}``): what the searcher sampled,
+    or a baseline's fixed values; without the context and the baseline's name."""
+    return trial_values(config)
+
+
+def baseline_name(config: Mapping[str, Any]) -> str | None:
+    """The baseline a trial runs (``study.baselines``), or ``None`` for a searched trial."""
+    name = config.get(BASELINE_KEY)
+    return str(name) if name else None
 
 
 def trial_run_config(ctx: TrialContext, sampled: Mapping[str, Any]) -> RunConfig:

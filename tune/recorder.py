@@ -17,6 +17,7 @@ import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from s2ap.arms import effective_config, ignored_fields
 from s2ap.config import RunConfig
 from tune.context import TrialContext
 
@@ -25,27 +26,36 @@ if TYPE_CHECKING:
 
     from tracking.runs import TrialTracker
 
-__all__ = ["OUTCOMES", "TrialRecorder", "test_metrics", "trial_params", "trial_tags"]
+__all__ = [
+    "OUTCOMES",
+    "TAG_BASELINE",
+    "TrialRecorder",
+    "test_metrics",
+    "trial_params",
+    "trial_tags",
+]
 
 _log = logging.getLogger(__name__)
 
 #: Final status of a trial's run -> its ``s2ap.outcome`` tag.
 OUTCOMES = {"FINISHED": "completed", "KILLED": "stopped_early", "FAILED": "error"}
+#: Tag naming the baseline a trial runs (absent on searched trials).
+TAG_BASELINE = "s2ap.baseline"
 _METHODS = {"score": "s2ap", "none": "hydra", "random": "hydra+random-perturbation"}
 
 
 def trial_params(cfg: RunConfig, ctx: TrialContext) -> dict[str, Any]:
-    """The params of a trial's run: its whole run config plus how the study runs it.
+    """The params of a trial's run: the run config it used, plus how the study runs it.
 
+    Fields the trial's arm never reads (:func:`s2ap.arms.ignored_fields`: a HYDRA trial's
+    ``prune.rho``) are left out, so the runs table never shows a value that did not matter.
     Also stored in the trial's checkpoint (``trial.json``): reopening the run must log the
     same values, since MLflow params are write-once.
     """
     return {
-        **cfg.model_dump(mode="json"),
-        "study": {
-            "trainable": "prune" if list(ctx.phases) == ["prune"] else "pipeline",
-            "seeds": list(ctx.seeds) if ctx.seeds else None,
-        },
+        **effective_config(cfg),
+        "study.trainable": "prune" if list(ctx.phases) == ["prune"] else "pipeline",
+        "study.seeds": list(ctx.seeds) if ctx.seeds else None,
     }
 
 
@@ -56,22 +66,28 @@ def trial_tags(
     sampled: Mapping[str, Any],
     trial_name: str,
     device_info: Mapping[str, str] | None,
+    baseline: str | None = None,
 ) -> dict[str, str]:
-    """Tags of a trial's run: versions, host, method, what was sampled, the device."""
+    """Tags of a trial's run: versions, host, method, what was sampled (the values its arm
+    uses), the baseline it runs (``s2ap.baseline``), the device."""
     import optuna
     import ray
 
     from tracking.runs import TAG_DEVICE
 
+    ignored = ignored_fields(cfg)
+    used = {k: v for k, v in sampled.items() if k not in ignored}
     tags = {
         "s2ap.ray_version": ray.__version__,
         "s2ap.optuna_version": optuna.__version__,
         "s2ap.hostname": socket.gethostname(),
         "s2ap.trial_name": trial_name,
-        "s2ap.searched": json.dumps(dict(sampled), sort_keys=True),
+        "s2ap.searched": json.dumps(used, sort_keys=True),
         "s2ap.method": _METHODS[cfg.prune.perturbation],
         "s2ap.dense_hash": ctx.dense_hash or "",
     }
+    if baseline:
+        tags[TAG_BASELINE] = baseline
     if device_info:
         tags[TAG_DEVICE] = device_info["device_name"]
         tags["s2ap.gpu_ids"] = device_info["gpu_ids"]

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from tune.context import baseline_name, sampled_values
 from tune.study import Study, StudyError
 
 if TYPE_CHECKING:
@@ -57,7 +58,10 @@ class TrialRow(TypedDict):
     completed: bool
     """Ran every epoch and terminated: a result (ASHA-stopped or failed trials are not)."""
     config: dict[str, Any]
-    """The sampled values (dotted run-config paths)."""
+    """The trial's values (dotted run-config paths): what was sampled on its branch of the
+    space, or a baseline's fixed values (and its seed)."""
+    baseline: str | None
+    """The baseline this trial runs (``study.baselines``), or ``None`` for a searched trial."""
     metrics: dict[str, float | None]
     """Last reported value of each metric (``None``: not reported or not finite)."""
     checkpoint: str | None
@@ -78,14 +82,17 @@ def trial_row(study: Study, trial: Any) -> TrialRow:
     last = trial.last_result or {}
     epochs = int(last.get("training_iteration", 0) or 0)
     checkpoint = trial.checkpoint
-    keys = dict.fromkeys([*ROW_METRICS, *(o.metric for o in study.settings.objectives)])
-    searched = set(study.space.keys)  # every path the space can set, branches included
+    objectives = [o.metric for o in study.settings.objectives]
+    # <objective>_std: the seed spread of a trial with study.seeds replicates
+    keys = dict.fromkeys([*ROW_METRICS, *objectives, f"{objectives[0]}_std"])
+    config = trial.config or {}
     return TrialRow(
         trial_id=trial.trial_id,
         state=trial.status,
         epochs=epochs,
         completed=epochs >= study.epochs_per_trial and trial.status == "TERMINATED",
-        config={k: v for k, v in (trial.config or {}).items() if k in searched},
+        config=sampled_values(config),
+        baseline=baseline_name(config),
         metrics={k: _value(last, k) for k in keys},
         checkpoint=checkpoint.path if checkpoint is not None else None,
         finished_at=_value(last, "result_time"),

@@ -192,7 +192,8 @@ def make_searcher(
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    from tune.searcher import EffectiveKey, StudySearcher
+    from tune.baselines import EffectiveKey
+    from tune.searcher import StudySearcher
 
     storage = optuna.storages.RDBStorage(storage_url) if storage_url else None
     metric: str | list[str]

@@ -17,11 +17,14 @@ def study_status(study: Study) -> dict[str, Any]:
     """Trials (config, state, metrics), the best one, and the test numbers of the summary."""
     rows = read_trial_rows(study)
     summary = json.loads(study.summary_json.read_text()) if study.summary_json.is_file() else {}
+    from tune.comparison import compare_with_baselines
+
     return {
         "study": study.name,
         "experiment_dir": str(study.experiment_dir),
         "trials": rows,
         "best": best_trial(study, rows),
+        "baselines": compare_with_baselines(study, rows),
         "test": summary.get("test"),
         "tracking_uri": summary.get("tracking_uri"),
     }
@@ -35,10 +38,16 @@ def print_status(study: Study, status: dict[str, Any], out: IO[str] | None = Non
     rows = status["trials"]
     print(f"study {study.name}: {len(rows)} trials in {status['experiment_dir']}", file=out)
     print(format_trials_table(study, rows), file=out)
+    from tune.comparison import format_comparisons
+
     best = status["best"]
     if not best:
         print("\nno completed trial yet", file=out)
         return
+    lines = format_comparisons(status.get("baselines") or [])
+    if lines:
+        print("", file=out)
+        print("\n".join(lines), file=out)
     obj = study.objective
     print(
         f"\nbest trial: {best['trial_id']} ({obj.metric} {obj.mode} = "

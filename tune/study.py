@@ -7,7 +7,7 @@ Layout of a study file (see ``configs/quickstart.yaml``)::
     study:                                 # StudySettings; every key optional
       name: <file stem>                    # folder, MLflow experiment and Optuna study name
       storage_root: ./studies              # relative to the study file; shared on multi-node
-      num_samples: 8                       # trials (sampled configurations)
+      num_samples: 8                       # trials in all (baseline trials included)
       max_concurrent_trials: null          # null: as many as the resources allow
       searcher: {kind: tpe, seed: 0, n_startup_trials: null, multivariate: true,
                  points_to_evaluate: []}   # tpe | gp | cmaes | random | nsga2 | qmc | grid
@@ -23,13 +23,19 @@ Layout of a study file (see ``configs/quickstart.yaml``)::
       test_eval: {enabled: true, every_trial: false, autoattack: null, n_examples: null,
                   pgd_steps: null}         # best trial after the search (and every trial)
       checkpoint: {frequency: 1, num_to_keep: 1}   # epochs between trial checkpoints
-      max_failures: 0                      # retries of a failed trial (from its checkpoint)
+      max_failures: 2                      # retries of a failed trial (from its checkpoint)
       time_budget_s: null
       reuse_actors: true                   # keeps the per-process dataset/dense-model cache
+      baselines: {}                        # {name: {path: value}}: fixed configurations run
+                                           # first, once per seed, never sampled (HYDRA:
+                                           # {hydra: {prune.perturbation: none}})
     search_space:                          # dotted run-config path -> distribution
-      prune.rho: {type: loguniform, low: 0.005, high: 0.5}
-      prune.ascent_steps: {type: int, low: 1, high: 3}          # bounds inclusive; step, log
-      prune.perturbation: {type: choice, values: [score, random, none]}
+      prune.perturbation:                  # a choice with branches: each value searches its own
+        type: choice                       # parameters (tune.space)
+        branches:
+          score: {prune.rho: {type: loguniform, low: 0.005, high: 0.5},
+                  prune.ascent_steps: {type: int, low: 1, high: 3}}   # bounds inclusive
+          random: {prune.rho: {type: loguniform, low: 0.005, high: 0.5}}
       finetune.lr: {type: uniform, low: 0.001, high: 0.05}      # step for a grid
 
 Seeds: the run config's ``seed`` seeds the dense model (pretrained once per study) and, without
@@ -55,6 +61,7 @@ Storage layout under ``study.storage_root`` (shared storage on a multi-node clus
       <study name>/          Ray Tune experiment (trials, checkpoints, experiment state)
         study.json           the resolved study (what --resume compares against)
         summary.json         best trial, validation and test numbers (after the search)
+        duplicates.jsonl     draws skipped because an equal effective configuration had run
       optuna.db              Optuna studies (one per study name): optuna-dashboard sqlite:////...
       mlflow.db, mlartifacts/  MLflow store (unless study.tracking_uri / --tracking-uri)
       dense/<hash>.pt        dense models pretrained by a `pretrain` block, shared by studies
@@ -73,6 +80,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s2ap.config import ConfigError, RunConfig, config_hash, format_validation_error, set_dotted
+from tune.baselines import baseline_trials, check_baselines
 from tune.search import (
     ObjectiveConfig,
     SchedulerConfig,
@@ -189,9 +197,20 @@ class StudySettings(_Strict):
     allow_cpu_fallback: bool = False
     test_eval: TestEvalConfig = Field(default_factory=TestEvalConfig)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
-    max_failures: int = Field(0, ge=0)
+    max_failures: int = Field(
+        2,
+        ge=0,
+        description="retries of a trial whose worker died (node lost, OOM-killed): each resumes "
+        "from the trial's last checkpoint, so a lost worker costs at most checkpoint.frequency "
+        "epochs",
+    )
     time_budget_s: float | None = Field(None, gt=0)
     reuse_actors: bool = True
+    baselines: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="fixed configurations ({dotted path: value}) run first, once per seed of "
+        "the search space, never sampled: the references the searched trials are compared with",
+    )
 
     @field_validator("name")
     @classmethod
@@ -291,6 +310,11 @@ class Study:
     @property
     def study_json(self) -> Path:
         return self.experiment_dir / "study.json"
+
+    @property
+    def duplicates_log(self) -> Path:
+        """Draws not trained because an equal effective configuration ran (JSON lines)."""
+        return self.experiment_dir / "duplicates.jsonl"
 
     @property
     def summary_json(self) -> Path:
@@ -484,13 +508,21 @@ def _validate_space(
     """The search space, checked against the searcher, the seeds and the run config."""
     try:
         space = parse_search_space(space_raw, where=f"{source}: search_space")
-        check_searcher(settings.searcher, settings.objectives, space, settings.num_samples)
+        base = run_config.model_dump(mode="json")
+        check_baselines(settings.baselines, space, base, where=f"{source}: study.baselines")
+        check_searcher(
+            settings.searcher,
+            settings.objectives,
+            space,
+            settings.num_samples,
+            baseline_trials=len(baseline_trials(settings.baselines, space)),
+        )
         if settings.seeds and "seed" in space.keys:
             raise ConfigError(
                 f"{source}: search_space: seed: cannot be searched together with study.seeds "
                 "(replicates); remove one of them"
             )
-        space.validate_against(run_config.model_dump(mode="json"), where=f"{source}: search_space")
+        space.validate_against(base, where=f"{source}: search_space")
     except StudyError:
         raise
     except ConfigError as exc:

@@ -36,7 +36,7 @@ def format_trials_table(study: Study, rows: list[TrialRow]) -> str:
     keys = study.space.keys
     objectives = [o.metric for o in study.settings.objectives]
     metric_cols = list(dict.fromkeys([*objectives, "best_val_robust_acc", "sparsity"]))
-    table = [["trial", "state", "epochs", *keys, *metric_cols]]
+    table = [["trial", "state", "epochs", "baseline", *keys, *metric_cols]]
     for r in rows:
         stopped = r["state"] == "TERMINATED" and not r["completed"]
         table.append(
@@ -44,6 +44,7 @@ def format_trials_table(study: Study, rows: list[TrialRow]) -> str:
                 r["trial_id"],
                 r["state"] + (" (stopped)" if stopped else ""),
                 str(r["epochs"]),
+                r.get("baseline") or "-",
                 *[_fmt(r["config"].get(k)) for k in keys],
                 *[_fmt(r["metrics"].get(c)) for c in metric_cols],
             ]
@@ -62,6 +63,8 @@ def build_summary(
     test: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """The content of ``summary.json`` (see the module docstring)."""
+    from tune.comparison import compare_with_baselines, search_counts
+
     objectives = study.settings.objectives
     return {
         "study": study.name,
@@ -75,6 +78,8 @@ def build_summary(
         "best": best,
         "test": test,
         "pareto": pareto_front(study, rows) if len(objectives) > 1 else None,
+        "baselines": compare_with_baselines(study, rows),
+        "search": search_counts(study, rows),
         "trials": rows,
     }
 
@@ -87,8 +92,13 @@ def record_summary(tracker: Any, study: Study, summary: dict[str, Any]) -> None:
     """The study run gets the best trial (its id as ``TAG_BEST_TRIAL_ID``, ``best/*`` metrics,
     ``s2ap.best.*`` tags), ``summary.json`` and the study's scatter plots."""
     from tracking.client import TAG_BEST_TRIAL_ID
+    from tune.comparison import comparison_record, comparison_tags
 
     best, test = summary["best"], summary["test"]
+    comparisons = summary.get("baselines") or []
+    if comparisons:
+        tracker.log_metrics(comparison_record(comparisons), step=0)
+        tracker.set_tags(comparison_tags(comparisons))
     if best is not None:
         tracker.set_tags({TAG_BEST_TRIAL_ID: best["trial_id"]})
         numbers = {f"best/{k}": v for k, v in best["metrics"].items() if v is not None}
@@ -147,6 +157,18 @@ def print_summary(study: Study, summary: dict[str, Any], out: IO[str]) -> None:
         _print_best(study, summary["best"], summary.get("test"), out)
     else:
         print("no trial completed, so there is no best trial", file=out)
+    from tune.comparison import format_comparisons
+
+    for line in format_comparisons(summary.get("baselines") or []):
+        print(line, file=out)
+    search = summary.get("search")
+    if search:
+        print(
+            f"trial budget: {search['baseline_trials']} baseline + {search['searched_trials']} "
+            f"searched trials, {search['distinct_configs']} distinct configurations; "
+            f"{search['duplicate_draws_skipped']} repeated draws skipped (not trained)",
+            file=out,
+        )
     objectives = study.settings.objectives
     if len(objectives) > 1 and summary.get("pareto"):
         print(

@@ -26,7 +26,7 @@ from ray.tune.result import RESULT_DUPLICATE
 from s2ap.pipeline import Pipeline
 from tune.checkpoint import TrialState, read_test_numbers, read_trial_state, write_trial_checkpoint
 from tune.console import best_effort
-from tune.context import TrialContext, sampled_values, trial_run_config
+from tune.context import TrialContext, baseline_name, sampled_values, trial_run_config
 from tune.device import trial_device
 from tune.evaluation import evaluate_pipelines
 from tune.pipelines import (
@@ -65,6 +65,7 @@ class S2APTrainable(tune.Trainable):
         self._trial_start_time = time.time()
         self._ctx = TrialContext.from_config(config)
         self._sampled = sampled_values(config)
+        self._baseline = baseline_name(config)
         self.cfg = trial_run_config(self._ctx, self._sampled)
         # Replicates (study.seeds), else the trial's own seed (the run config's, or sampled).
         self._seeds = list(self._ctx.seeds or [self.cfg.seed])
@@ -94,6 +95,7 @@ class S2APTrainable(tune.Trainable):
             sampled=self._sampled,
             trial_name=self.trial_name,
             device_info=self._device_info,
+            baseline=self._baseline,
         )
         return TrialRecorder.open(
             self._ctx.tracking, self.trial_id, trial_params(self.cfg, self._ctx), tags

@@ -57,9 +57,11 @@ def _trainable(study: Study) -> Any:
 
 
 def _tune_config(study: Study) -> Any:
-    """Searcher (Optuna, persisted in optuna.db), scheduler (ASHA or FIFO), concurrency."""
+    """Searcher (baselines first, then Optuna, persisted in optuna.db; each effective
+    configuration once), scheduler (ASHA or FIFO; baselines never stopped), concurrency."""
     from ray import tune
 
+    from tune.baselines import baseline_trials
     from tune.search import make_scheduler, make_searcher
 
     settings = study.settings
@@ -69,6 +71,9 @@ def _tune_config(study: Study) -> Any:
         study.space,
         study_name=study.name,
         storage_url=study.optuna_url,
+        base=study.base_dict(),
+        baselines=baseline_trials(settings.baselines, study.space),
+        log_path=str(study.duplicates_log),
     )
     return tune.TuneConfig(
         search_alg=searcher,

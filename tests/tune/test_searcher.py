@@ -14,15 +14,15 @@ import pytest
 from ray.tune.search import Searcher
 
 from s2ap.config import ConfigError, RunConfig
-from tune.search import ObjectiveConfig, SearcherConfig, make_searcher
-from tune.searcher import (
+from tune.baselines import (
     BASELINE_KEY,
     EffectiveKey,
-    StudySearcher,
     baseline_trials,
     check_baselines,
     trial_values,
 )
+from tune.search import ObjectiveConfig, SearcherConfig, make_searcher
+from tune.searcher import StudySearcher
 from tune.space import parse_search_space
 
 BASE = RunConfig().model_dump(mode="json")

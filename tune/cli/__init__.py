@@ -79,8 +79,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         from tracking.artifacts import MaskFileError
         from tracking.pull import NoFinishedTrialError, StudyNotFoundError
         from tracking.runs import ParamConflictError, TrackingUnavailableError
+        from tracking.server import MlflowServerError
 
         errors += [
+            MlflowServerError,
             MaskFileError,
             NoFinishedTrialError,
             StudyNotFoundError,
