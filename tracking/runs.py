@@ -206,13 +206,9 @@ class StudyTracker(RunWriter):
         if run is not None:
             self._reopen(run, self.study_config)
         else:
-            run = self._call(
-                lambda: self._client.create_run(
-                    self.experiment_id, run_name=self.study_name, tags=tags
-                ),
-                "create_run(study)",
+            self.parent_run_id = self._create_once(
+                self.experiment_id, flt, f"study {self.study_name!r}", self.study_name, tags
             )
-            self.parent_run_id = run.info.run_id
         self._finished = False
         # A new run got its tags when it was created; a reopened one may carry old values.
         self.log_params_and_tags(self.study_config, tags if self.resumed else {})

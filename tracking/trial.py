@@ -110,8 +110,12 @@ class TrialTracker(RunWriter):
         if run is not None:
             self._reopen(run, params)
         else:
-            self.run_id = self._create(
-                run_name or trial_id, {**all_tags, TAG_PARENT: parent_run_id}
+            self.run_id = self._create_once(
+                self.experiment_id,
+                flt,
+                f"trial {trial_id!r}",
+                run_name or trial_id,
+                {**all_tags, TAG_PARENT: parent_run_id},
             )
         # After the writes a previous process of this trial queued (the outbox goes first).
         self.log_params_and_tags(params, all_tags if self.resumed else {})
@@ -126,13 +130,6 @@ class TrialTracker(RunWriter):
                 "the study first (StudyTracker.start) and pass its trial_context() to the trial"
             )
         return exp.experiment_id
-
-    def _create(self, run_name: str, tags: Mapping[str, str]) -> str:
-        run = self._call(
-            lambda: self._client.create_run(self.experiment_id, run_name=run_name, tags=tags),
-            "create_run(trial)",
-        )
-        return run.info.run_id
 
     def log_masks(
         self,

@@ -80,6 +80,30 @@ class RunWriter:
             )
         return runs[0] if runs else None
 
+    def _create_once(
+        self, experiment_id: str, flt: str, what: str, run_name: str, tags: Mapping[str, str]
+    ) -> str:
+        """Create the run ``flt`` finds, and make sure it is the only one.
+
+        MLflow retries a request that timed out or got a 5xx answer, ``create_run`` included: a
+        first attempt the server did complete then leaves a second run behind. The oldest run
+        is kept and the others are deleted, so a trial or study never has two.
+        """
+        self._call(
+            lambda: self._client.create_run(experiment_id, run_name=run_name, tags=dict(tags)),
+            f"create_run({what})",
+        )
+        runs = self._call(
+            lambda: self._client.search_runs(
+                [experiment_id], filter_string=flt, order_by=["attributes.start_time ASC"]
+            ),
+            f"search_runs({what})",
+        )
+        for extra in runs[1:]:
+            _log.warning("%s: deleting duplicate run %s", what, extra.info.run_id)
+            self._call(lambda r=extra: self._client.delete_run(r.info.run_id), "delete_run")
+        return runs[0].info.run_id
+
     def _reopen(self, run: Any, params: Mapping[str, Any]) -> None:
         """Write to ``run`` again: RUNNING, with its params known (a changed one raises)."""
         self.run_id = run.info.run_id

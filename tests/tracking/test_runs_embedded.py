@@ -279,3 +279,25 @@ def test_one_request_per_epoch(storage_root: Path, monkeypatch: pytest.MonkeyPat
     run = make_client(study.tracker.tracking_uri).get_run(trial.run_id)
     assert run.data.metrics["m1499"] == 1499.0 and run.data.tags["s2ap.t149"] == "149"
     assert run.data.tags["s2ap.phase"] == "prune"
+
+
+def test_a_retried_create_run_leaves_one_run(storage_root: Path) -> None:
+    """MLflow retries ``create_run`` after a timeout; a first attempt the server completed must
+    not leave the trial with two runs. ``_create_once`` twice = the retry's second run."""
+    study = run_fake_study(None, storage_root, "retried", n_trials=1, epochs=1)
+    tracker = TrialTracker.open(
+        **study.tracker.trial_context(), trial_id="trial_0000", params=trial_params(0)
+    )
+    parent = study.parent_run_id
+    flt = f"tags.`s2ap.trial_id` = 'trial_0000' AND tags.`mlflow.parentRunId` = '{parent}'"
+    kept = tracker._create_once(
+        tracker.experiment_id,
+        flt,
+        "trial 'trial_0000'",
+        "trial_0000",
+        {"s2ap.trial_id": "trial_0000", "mlflow.parentRunId": study.parent_run_id},
+    )
+    assert kept == study.runs["trial_0000"]
+    client = make_client(study.tracker.tracking_uri)
+    active = client.search_runs([tracker.experiment_id], flt, run_view_type=ViewType.ACTIVE_ONLY)
+    assert [r.info.run_id for r in active] == [kept]
