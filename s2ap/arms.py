@@ -1,7 +1,8 @@
 """Which settings a run actually reads, given its arm, host and optimiser.
 
-HYDRA (``prune.perturbation: none``) never reads the radius or the ascent steps; the random arm
-draws one direction and takes no ascent steps; finetuning without AWP never reads AWP's radius.
+The plain host update (``prune.perturbation: none``: HYDRA, or HARP) never reads the radius or the
+ascent steps; the random arm draws one direction and takes no ascent steps; the HYDRA host never
+reads HARP's rate settings; finetuning without AWP never reads AWP's radius.
 Two run configs that differ only in such values train the same model: their *effective*
 configs (every field minus the ignored ones) are equal. The study service uses this to refuse
 search spaces that vary an ignored field, to train each distinct configuration once, and to
@@ -52,12 +53,18 @@ IGNORE_RULES: list[IgnoreRule] = [
     IgnoreRule(
         lambda c: c.prune.perturbation == "none",
         ("prune.rho", "prune.radius", "prune.ascent_steps", "prune.warmup_epochs"),
-        "prune.perturbation is none (HYDRA): the scores are never perturbed",
+        "prune.perturbation is none (the plain host update, HYDRA or HARP): the scores are "
+        "never perturbed",
     ),
     IgnoreRule(
         lambda c: c.prune.perturbation == "random",
         ("prune.ascent_steps",),
         "prune.perturbation is random: one random direction, no ascent steps",
+    ),
+    IgnoreRule(
+        lambda c: c.prune.host != "harp",
+        ("prune.harp.alpha", "prune.harp.gamma", "prune.harp.rate_lr"),
+        "prune.host is hydra: every layer keeps the same fraction, no rates are learned",
     ),
     IgnoreRule(
         lambda c: not c.finetune.awp.enabled,

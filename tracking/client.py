@@ -138,14 +138,22 @@ def is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
-def make_client(tracking_uri: str) -> MlflowClient:
+def make_client(tracking_uri: str, *, read_only: bool = False) -> MlflowClient:
     """A client for ``tracking_uri`` (creating an sqlite store's folder if needed).
+
+    ``read_only``: for readers (pull, report), which must create nothing: a missing sqlite
+    store raises :class:`TrackingUnavailableError` instead of being created empty (MLflow
+    creates the database file on the first query).
 
     HTTP requests are retried by MLflow itself, as its ``MLFLOW_HTTP_REQUEST_*`` variables say
     (see the module docstring).
     """
     db = sqlite_path(tracking_uri)
-    if db is not None:
+    if db is not None and read_only and not db.is_file():
+        raise TrackingUnavailableError(
+            f"no MLflow store at {db}: nothing has been tracked there yet (has the study run?)"
+        )
+    if db is not None and not read_only:
         db.parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=tracking_uri)
 

@@ -79,9 +79,10 @@ class PulledMask:
 
 
 def _client(tracking_uri: str) -> MlflowClient:
+    """A reader's client: a missing sqlite store is an error, never created empty."""
     if not tracking_uri:
         raise ValueError("tracking_uri is required (http://host:port or sqlite:////abs/mlflow.db)")
-    return make_client(resolve_tracking_uri(tracking_uri, "."))
+    return make_client(resolve_tracking_uri(tracking_uri, "."), read_only=True)
 
 
 def study_experiment(client: MlflowClient, tracking_uri: str, study_name: str) -> Any:

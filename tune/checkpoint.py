@@ -7,7 +7,9 @@
     test.json     test-set numbers, when the trial evaluated itself (``test_eval.every_trial``)
 
 One module owns the format, so that changing it (e.g. to safetensors + JSON) touches nothing
-else.
+else. ``state.pt`` holds tensors and plain data only and is read with
+``torch.load(weights_only=True)`` (:mod:`tune.untrusted`): a checkpoint folder copied from
+elsewhere can hold data, never code.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from s2ap.config import RunConfig
 from s2ap.data import DatasetSplits
 from s2ap.pipeline import Pipeline
 from tune.pipelines import cached_data, cached_dense
+from tune.untrusted import check_tensor_file, load_tensor_file
 
 __all__ = [
     "TrialState",
+    "check_trial_checkpoint",
     "load_trial_checkpoint",
     "read_test_numbers",
     "read_trial_info",
@@ -75,10 +79,12 @@ def write_trial_checkpoint(
 
 
 def read_trial_state(directory: str | os.PathLike[str]) -> TrialState:
+    """``state.pt``; :class:`~tune.untrusted.UntrustedFileError` if it holds anything but
+    tensors and plain data."""
     path = Path(directory, _STATE_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: no {_STATE_FILE}; not an s2ap trial checkpoint")
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw = load_tensor_file(path)
     return TrialState(
         seeds=list(raw["seeds"]),
         pipelines=list(raw["pipelines"]),
@@ -98,6 +104,21 @@ def read_test_numbers(directory: str | os.PathLike[str]) -> dict[str, Any] | Non
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _dense_file(info: dict[str, Any]) -> str | None:
+    """The dense model a checkpoint's trial started from, if it is still there."""
+    path = ((info.get("run_config") or {}).get("dense") or {}).get("checkpoint")
+    return path if isinstance(path, str) and Path(path).is_file() else None
+
+
+def check_trial_checkpoint(directory: str | os.PathLike[str]) -> None:
+    """Refuse a checkpoint folder whose ``state.pt`` (or the dense model its ``trial.json``
+    names) holds anything but tensors and plain data; reads no tensor (cheap)."""
+    check_tensor_file(Path(directory, _STATE_FILE))
+    dense = _dense_file(read_trial_info(directory))
+    if dense is not None:
+        check_tensor_file(dense)
+
+
 def load_trial_checkpoint(
     checkpoint_dir: str | os.PathLike[str],
     *,
@@ -109,14 +130,14 @@ def load_trial_checkpoint(
     ``pipelines[i].model`` is the masked model at the checkpoint, ``.selected_model()`` the one
     selected on validation, ``.masking.sparsity_report()`` its measured sparsity.
     """
+    check_trial_checkpoint(checkpoint_dir)  # before any work: nothing runs on a refused file
     info = read_trial_info(checkpoint_dir)
     state = read_trial_state(checkpoint_dir)
     cfg = RunConfig.model_validate(info["run_config"])
     device = torch.device(device)
     data = data if data is not None else cached_data(cfg, device)
-    dense = None
-    if cfg.dense.checkpoint and Path(cfg.dense.checkpoint).is_file():
-        dense = cached_dense(cfg.dense.checkpoint)
+    dense_file = _dense_file(info)
+    dense = cached_dense(dense_file) if dense_file else None
     pipelines = []
     for seed, pstate in zip(info["seeds"], state.pipelines):
         seeded = cfg.model_copy(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,16 @@ _log = logging.getLogger(__name__)
 OUTCOMES = {"FINISHED": "completed", "KILLED": "stopped_early", "FAILED": "error"}
 #: Tag naming the baseline a trial runs (absent on searched trials).
 TAG_BASELINE = "s2ap.baseline"
-_METHODS = {"score": "s2ap", "none": "hydra", "random": "hydra+random-perturbation"}
+
+
+def method_name(cfg: RunConfig) -> str:
+    """``hydra``, ``s2ap`` (on HYDRA), ``hydra+random-perturbation``; on HARP ``harp``,
+    ``harp+s2ap``, ``harp+random-perturbation``."""
+    host, arm = cfg.prune.host, cfg.prune.perturbation
+    if arm == "none":
+        return host
+    name = "s2ap" if arm == "score" else f"{host}+random-perturbation"
+    return name if host == "hydra" or arm != "score" else f"{host}+{name}"
 
 
 def trial_params(cfg: RunConfig, ctx: TrialContext) -> dict[str, Any]:
@@ -68,8 +78,8 @@ def trial_tags(
     device_info: Mapping[str, str] | None,
     baseline: str | None = None,
 ) -> dict[str, str]:
-    """Tags of a trial's run: versions, host, method, what was sampled (the values its arm
-    uses), the baseline it runs (``s2ap.baseline``), the device."""
+    """Tags of a trial's run: versions, host and worker PID, method, what was sampled (the
+    values its arm uses), the baseline it runs (``s2ap.baseline``), the device."""
     import optuna
     import ray
 
@@ -81,9 +91,10 @@ def trial_tags(
         "s2ap.ray_version": ray.__version__,
         "s2ap.optuna_version": optuna.__version__,
         "s2ap.hostname": socket.gethostname(),
+        "s2ap.pid": str(os.getpid()),  # the worker running the trial now (set again on restart)
         "s2ap.trial_name": trial_name,
         "s2ap.searched": json.dumps(used, sort_keys=True),
-        "s2ap.method": _METHODS[cfg.prune.perturbation],
+        "s2ap.method": method_name(cfg),
         "s2ap.dense_hash": ctx.dense_hash or "",
     }
     if baseline:
@@ -99,12 +110,27 @@ def test_metrics(numbers: Mapping[str, Any]) -> dict[str, float]:
     return {k: v for k, v in numbers.items() if k.startswith("test_") and isinstance(v, float)}
 
 
+def _last_epoch_step(tracker: TrialTracker) -> int:
+    """The last epoch a reopened run already holds (0: none): a trial restarted from its
+    checkpoint redoes the epochs after it, and must not log them twice."""
+    from tracking.client import make_client
+
+    try:
+        history = make_client(tracker.tracking_uri).get_metric_history(tracker.run_id, "epoch")
+    except Exception:  # best effort: at worst a redone epoch is logged twice
+        _log.warning("could not read the logged epochs of trial %s", tracker.trial_id)
+        return 0
+    return max((int(m.step) for m in history), default=0)
+
+
 class TrialRecorder:
     """All of one trial's MLflow interaction; a no-op without a tracking context."""
 
-    def __init__(self, tracker: TrialTracker | None = None) -> None:
+    def __init__(self, tracker: TrialTracker | None = None, logged_through: int = 0) -> None:
         self._tracker = tracker
         self._finished = False
+        # Epochs up to here are in the run already (a restarted trial's): logged once only.
+        self._logged_through = logged_through
 
     @classmethod
     def open(
@@ -120,25 +146,25 @@ class TrialRecorder:
             return cls(None)
         from tracking.runs import TrialTracker
 
-        return cls(
-            TrialTracker.open(
-                tracking["tracking_uri"],
-                tracking["experiment_name"],
-                tracking["parent_run_id"],
-                trial_id,
-                params,
-                tags,
-                storage_root=tracking.get("storage_root"),
-            )
+        tracker = TrialTracker.open(
+            tracking["tracking_uri"],
+            tracking["experiment_name"],
+            tracking["parent_run_id"],
+            trial_id,
+            params,
+            tags,
+            storage_root=tracking.get("storage_root"),
         )
+        return cls(tracker, _last_epoch_step(tracker) if tracker.resumed else 0)
 
     @property
     def enabled(self) -> bool:
         return self._tracker is not None
 
     def log_epoch(self, metrics: Mapping[str, Any], step: int) -> None:
-        """One epoch's metrics (numbers only; the tracker drops the rest)."""
-        if self._tracker is not None:
+        """One epoch's metrics (numbers only; the tracker drops the rest), with ``epoch``
+        among them; an epoch the run already holds (redone after a restore) is skipped."""
+        if self._tracker is not None and step > self._logged_through:
             self._tracker.log_metrics(dict(metrics), step=step)
 
     def log_masks(

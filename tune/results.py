@@ -1,11 +1,12 @@
 """A study's results, read from Ray Tune's record: one row per trial, the best trial, the Pareto
 front, and the counts.
 
-Rows come from the experiment folder through Ray's public :class:`ray.tune.ExperimentAnalysis`
-(``analysis.trials``: id, status, last result, config, checkpoint, error file), both after
-``Tuner.fit()`` (at ``ResultGrid.experiment_path``) and for ``s2ap status``: the two read the same
-record, so they always agree. (A ``ResultGrid``'s ``Result`` has no trial status: a trial stopped
-by ASHA and one cut off by an interrupt look alike there.)
+Rows come from Ray Tune's record in the experiment folder, read as plain JSON
+(:mod:`tune.trial_records`: id, status, last result, config, failures, checkpoint, error file;
+never unpickled, unlike ``ray.tune.ExperimentAnalysis``), both after ``Tuner.fit()`` (at
+``ResultGrid.experiment_path``) and for ``s2ap status``: the two read the same record, so they
+always agree. (A ``ResultGrid``'s ``Result`` has no trial status: a trial stopped by ASHA and
+one cut off by an interrupt look alike there.)
 
 The best trial is :func:`tracking.selection.best_candidate` over the completed trials: the
 summary, ``s2ap status``, the study run's best-trial tag and ``s2ap masks pull`` use that one
@@ -17,10 +18,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from tune.context import baseline_name, sampled_values
 from tune.study import Study, StudyError
+from tune.trial_records import TrialRecord, has_trial_records, read_trial_records
 
 if TYPE_CHECKING:
     from tracking.selection import Objective
@@ -68,6 +70,9 @@ class TrialRow(TypedDict):
     finished_at: float | None
     error: str | None
     """The error file of a failed trial."""
+    retries: NotRequired[int]
+    """How often the trial failed and was restarted from its last checkpoint (its worker died,
+    say); at most ``study.max_failures`` before the trial gives up."""
 
 
 def _value(metrics: dict[str, Any], key: str) -> float | None:
@@ -77,11 +82,10 @@ def _value(metrics: dict[str, Any], key: str) -> float | None:
     return float(v)
 
 
-def trial_row(study: Study, trial: Any) -> TrialRow:
-    """The row of one Ray trial (an element of ``ExperimentAnalysis.trials``)."""
+def trial_row(study: Study, trial: TrialRecord) -> TrialRow:
+    """The row of one trial as Ray recorded it."""
     last = trial.last_result or {}
     epochs = int(last.get("training_iteration", 0) or 0)
-    checkpoint = trial.checkpoint
     objectives = [o.metric for o in study.settings.objectives]
     # <objective>_std: the seed spread of a trial with study.seeds replicates
     keys = dict.fromkeys([*ROW_METRICS, *objectives, f"{objectives[0]}_std"])
@@ -94,27 +98,24 @@ def trial_row(study: Study, trial: Any) -> TrialRow:
         config=sampled_values(config),
         baseline=baseline_name(config),
         metrics={k: _value(last, k) for k in keys},
-        checkpoint=checkpoint.path if checkpoint is not None else None,
+        checkpoint=trial.checkpoint,
         finished_at=_value(last, "result_time"),
         error=trial.error_file if trial.status == "ERROR" else None,
+        retries=trial.num_failures,
     )
 
 
 def read_trial_rows(study: Study, experiment_path: str | Path | None = None) -> list[TrialRow]:
     """The rows of every trial in the study's experiment folder (or ``experiment_path``, e.g.
-    a ``ResultGrid.experiment_path``), read without starting Ray or any trial."""
-    from ray import tune
-
-    path = str(experiment_path or study.experiment_dir)
-    if not Path(path).is_dir() or not tune.Tuner.can_restore(path):
+    a ``ResultGrid.experiment_path``), read without starting Ray or any trial, and without
+    unpickling anything."""
+    path = Path(experiment_path or study.experiment_dir)
+    if not has_trial_records(path):
         raise StudyError(
             f"no results for study {study.name!r} in {study.storage_root} yet; start it with "
             f"`s2ap tune {study.shell_arg}`"
         )
-    analysis = tune.ExperimentAnalysis(
-        path, default_metric=study.objective.metric, default_mode=study.objective.mode
-    )
-    return [trial_row(study, t) for t in analysis.trials]
+    return [trial_row(study, t) for t in read_trial_records(path)]
 
 
 def study_objectives(study: Study) -> list[Objective]:

@@ -28,9 +28,12 @@ from typing import Any
 import torch
 import yaml
 
+from s2ap.arms import effective_config
 from s2ap.config import ConfigError, RunConfig, config_hash, load_run_config
-from s2ap.pipeline import Pipeline
+from s2ap.pipeline import Pipeline, resolve_device
 from tracking.artifacts import file_sha256, save_masks, save_state_dict
+from tune.cli.common import UserError, check_config_file, check_writable_folder, parse_set
+from tune.untrusted import check_tensor_file, load_tensor_file
 
 __all__ = ["mask_header", "run_command", "run_to_folder"]
 
@@ -38,48 +41,63 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def mask_header(cfg: RunConfig, dense_hash: str | None = None) -> dict[str, Any]:
-    """Metadata stored beside a mask: what produced it and from which dense model."""
+    """Metadata stored beside a mask: what produced it (the settings its method used, nothing
+    its arm ignores) and from which dense model."""
     p = cfg.prune
+    used = effective_config(cfg)
+    method: dict[str, Any] = {"host": p.host, "perturbation": p.perturbation}
+    for key in ("rho", "radius", "ascent_steps", "warmup_epochs"):
+        if f"prune.{key}" in used:
+            method[key] = getattr(p, key)
+    if p.host == "harp":
+        method["harp"] = p.harp.model_dump(mode="json")
+    method.update(scope=p.scope, sparsity_target=p.sparsity)
     return {
         "architecture": cfg.model.arch,
         "dataset": cfg.data.source,
-        "method": {
-            "host": "hydra",
-            "perturbation": p.perturbation,
-            "rho": p.rho,
-            "radius": p.radius,
-            "ascent_steps": p.ascent_steps,
-            "warmup_epochs": p.warmup_epochs,
-            "scope": p.scope,
-            "sparsity_target": p.sparsity,
-        },
+        "method": method,
         "config_hash": config_hash(cfg.model_dump(mode="json")),
         "dense_checkpoint_hash": dense_hash,
     }
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected FIELD=VALUE, e.g. prune.rho=0.05")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def _prepare_output(out: Path, *, resume: bool, force: bool) -> None:
-    existing = out.exists() and any(out.iterdir())
+def _check_output(out: Path, *, resume: bool, force: bool) -> None:
+    """Refuse an ``--out`` this run cannot use; writes nothing (:func:`_prepare_output` does)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; give a folder (it is created if missing)")
     if resume:
-        if not (out / CHECKPOINT).exists():
+        if not (out / CHECKPOINT).is_file():
             raise ConfigError(f"--resume: {out} has no {CHECKPOINT} to continue from")
+        check_tensor_file(out / CHECKPOINT)
         return
-    if existing and not force:
+    if out.is_dir() and any(out.iterdir()) and not force:
         raise ConfigError(
             f"--out {out} exists and is not empty; pass --resume to continue that run or "
             "--force to replace it"
         )
-    if existing and force:
+    check_writable_folder(out, "--out")
+
+
+def _check_inputs(cfg: RunConfig, device: str | None) -> None:
+    """What the run reads besides the config: the device it asks for, the dense model."""
+    try:
+        resolve_device(device or cfg.device)
+    except RuntimeError as exc:
+        field = "--device" if device else "device"
+        raise ConfigError(f"{field}: {exc}") from None
+    if cfg.dense.checkpoint:
+        if not Path(cfg.dense.checkpoint).is_file():
+            raise ConfigError(
+                f"dense.checkpoint: {cfg.dense.checkpoint} does not exist; give the dense "
+                "model's state dict, or remove dense.checkpoint to pretrain one"
+            )
+        check_tensor_file(cfg.dense.checkpoint)
+
+
+def _prepare_output(out: Path, *, resume: bool, force: bool) -> None:
+    if resume:
+        return
+    if out.is_dir() and any(out.iterdir()) and force:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -111,21 +129,26 @@ def run_to_folder(
     out: Path,
     *,
     resume: bool = False,
+    force: bool = False,
     device: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the whole pipeline, writing the files listed in the module docstring to ``out``."""
+    """Run the whole pipeline, writing the files listed in the module docstring to ``out``.
+
+    The pipeline is built (data loaded, checkpoint restored) before ``out`` is touched: a run
+    that cannot start leaves nothing behind. ``force`` replaces a non-empty ``out``.
+    """
     out = out.resolve()
+    pipeline = Pipeline(cfg, device=device)
+    total = sum(getattr(cfg, p).epochs for p in pipeline.phases)
+    if resume:
+        pipeline.load_state_dict(load_tensor_file(out / CHECKPOINT, map_location=pipeline.device))
+        _truncate_metrics(out / "metrics.jsonl", pipeline.global_epoch)
+    _prepare_output(out, resume=resume, force=force)
     if not resume:
         (out / "config.yaml").write_text(
             yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         )
-    pipeline = Pipeline(cfg, device=device)
-    total = sum(getattr(cfg, p).epochs for p in pipeline.phases)
-    if resume:
-        state = torch.load(out / CHECKPOINT, map_location=pipeline.device, weights_only=True)
-        pipeline.load_state_dict(state)
-        _truncate_metrics(out / "metrics.jsonl", pipeline.global_epoch)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=pipeline.global_epoch, disable=not progress, unit="epoch")
@@ -180,15 +203,22 @@ def _write_results(
 def run_command(args: argparse.Namespace) -> int:
     """Entry point of ``s2ap run`` (arguments: :mod:`tune.cli.run`); returns the exit code
     (2 for bad input)."""
+    out = Path(args.out)
     try:
-        cfg = load_run_config(args.config, parse_overrides(args.set))
-        out = Path(args.out)
-        _prepare_output(out, resume=args.resume, force=args.force)
-    except ConfigError as e:
+        check_config_file(args.config, "run file")
+        cfg = load_run_config(args.config, parse_set(args.set))
+        _check_output(out, resume=args.resume, force=args.force)
+        _check_inputs(cfg, args.device)
+    except (ConfigError, UserError) as e:
         print(f"s2ap run: {e}", file=sys.stderr)
         return 2
     summary = run_to_folder(
-        cfg, out, resume=args.resume, device=args.device, progress=not args.quiet
+        cfg,
+        out,
+        resume=args.resume,
+        force=args.force,
+        device=args.device,
+        progress=not args.quiet,
     )
     test = summary["test"]
     parts = [f"{k.removeprefix('test_')}={v:.4f}" for k, v in test.items() if k.endswith("_acc")]

@@ -38,6 +38,9 @@ def print_status(study: Study, status: dict[str, Any], out: IO[str] | None = Non
     rows = status["trials"]
     print(f"study {study.name}: {len(rows)} trials in {status['experiment_dir']}", file=out)
     print(format_trials_table(study, rows), file=out)
+    retried = [f"{r['trial_id']} {r['retries']}" for r in rows if r.get("retries")]
+    if retried:
+        print(f"retries (restarts from the last checkpoint): {', '.join(retried)}", file=out)
     from tune.comparison import format_comparisons
 
     best = status["best"]

@@ -3,7 +3,9 @@
 Before anything is written, :func:`check_storage` decides whether this launch may use the
 study's folder: a new study must not overwrite an old one (``--resume``/``--overwrite``), and a
 resumed one must match the study file it started from (``study.json``'s fingerprint and the
-tracking URI). Only then does the service write: :func:`delete_study` (``--overwrite``),
+tracking URI), and the tensor files the trials will load (the dense model; with ``--resume``
+every trial checkpoint) must hold tensors and plain data only (:func:`check_study_files`).
+Only then does the service write: :func:`delete_study` (``--overwrite``),
 :func:`drop_stale_optuna_study`, :func:`write_study_json`.
 """
 
@@ -21,11 +23,13 @@ from tune.study import Study, StudyError, fingerprint_changes
 
 __all__ = [
     "check_storage",
+    "check_study_files",
     "delete_study",
     "drop_stale_optuna_study",
     "is_complete",
     "read_study_json",
     "study_exists",
+    "study_tensor_files",
     "write_json",
     "write_study_json",
 ]
@@ -90,12 +94,41 @@ def is_complete(study: Study, tracking_uri: str) -> bool:
     return not fingerprint_changes(old.get("fingerprint", {}), study.fingerprint())
 
 
+def study_tensor_files(study: Study, *, resume: bool) -> list[Path]:
+    """The tensor files a launch loads from disk: the dense model (given, or the study's
+    cached one) and, when resuming, every trial checkpoint's ``state.pt``."""
+    from tune.dense import dense_cache_key
+
+    cfg = study.run_config
+    files = []
+    if cfg.dense.checkpoint:
+        files.append(Path(cfg.dense.checkpoint))
+    elif cfg.pretrain.epochs > 0:
+        cached = study.dense_dir / f"{dense_cache_key(study)}.pt"
+        if cached.is_file():
+            files.append(cached)
+    if resume and study.experiment_dir.is_dir():
+        files += sorted(study.experiment_dir.glob("*/checkpoint_*/state.pt"))
+    return files
+
+
+def check_study_files(study: Study, *, resume: bool) -> None:
+    """Refuse a launch before it starts if a tensor file it would load holds anything but
+    tensors and plain data (:class:`~tune.untrusted.UntrustedFileError`); reads no tensor."""
+    from tune.untrusted import check_tensor_file
+
+    for path in study_tensor_files(study, resume=resume):
+        check_tensor_file(path)
+
+
 def check_storage(study: Study, tracking_uri: str, *, resume: bool, overwrite: bool) -> None:
-    """Refuse a launch that would mix two studies in one folder; writes nothing."""
+    """Refuse a launch that would mix two studies in one folder, or load a tampered tensor
+    file; writes nothing."""
     if resume and overwrite:
         raise StudyError("--resume and --overwrite exclude each other; pick one")
     exists = study_exists(study)
     here = study.shell_arg
+    check_study_files(study, resume=resume and exists)
     if resume:
         if not exists:
             raise StudyError(

@@ -129,7 +129,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: YAML's .inf/.nan parse as floats and would pass a `gt=0` bound.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ResourcesConfig(_Strict):

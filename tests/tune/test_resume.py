@@ -25,29 +25,32 @@ from tune.study import load_study
 pytestmark = pytest.mark.ray
 
 
+#: Epochs of every trial of the study below (prune 3 + finetune 2).
+EPOCHS = 5
+
+
 def _finished_trials(experiment_dir: Path) -> dict[str, bytes]:
-    """Trial id -> result.json bytes, for trials whose last result says done."""
+    """Trial id -> its last checkpoint's trial.json, for trials that checkpointed their last
+    epoch. Checkpoints reach the storage root when they are taken (result.json files only when
+    Ray syncs), so they show a finished trial at once."""
     out = {}
-    for result in experiment_dir.glob("trial_*/result.json"):
-        data = result.read_bytes()
-        lines = [ln for ln in data.splitlines() if ln.strip()]
-        if lines:
-            try:
-                last = json.loads(lines[-1])
-            except json.JSONDecodeError:
-                continue  # being written
-            if last.get("done"):
-                out[result.parent.name.removeprefix("trial_")] = data
+    for info in experiment_dir.glob(f"trial_*/checkpoint_{EPOCHS - 1:06d}/trial.json"):
+        try:
+            data = info.read_bytes()
+            json.loads(data)
+        except (OSError, json.JSONDecodeError):
+            continue  # being written
+        out[info.parent.parent.name.removeprefix("trial_")] = data
     return out
 
 
-def _baseline_trials(experiment_dir: Path) -> list[str]:
-    """Ids of the trials that ran a baseline, from their params.json (written at trial start)."""
-    out = []
-    for params in experiment_dir.glob("trial_*/params.json"):
-        if json.loads(params.read_text()).get("baseline"):
-            out.append(params.parent.name.removeprefix("trial_"))
-    return out
+def _baseline_trials(finished: dict[str, bytes]) -> list[str]:
+    """The finished trials that ran the HYDRA baseline (their run config says so)."""
+    return [
+        trial_id
+        for trial_id, data in finished.items()
+        if json.loads(data)["run_config"]["prune"]["perturbation"] == "none"
+    ]
 
 
 def _psutil() -> Any:
@@ -150,8 +153,8 @@ def test_kill_and_resume(tmp_path: Path) -> None:
     # Re-read after the kill: a trial may have finished between the poll and the kill.
     finished = _finished_trials(study.experiment_dir)
     assert len(finished) < 5, "every trial finished before the kill"
-    baseline_before = _baseline_trials(study.experiment_dir)
-    assert len(baseline_before) == 1 and baseline_before[0] in finished
+    baseline_before = _baseline_trials(finished)
+    assert len(baseline_before) == 1, "the baseline (issued first) had not finished"
 
     # An interrupted study is not started again by mistake: it needs --resume.
     res = run_cli("tune", str(path), timeout=120)
@@ -183,7 +186,7 @@ def test_kill_and_resume(tmp_path: Path) -> None:
     assert [t.trial_id for t in trials if t.config.get("baseline")] == baseline_before
     assert all(t.status == "TERMINATED" for t in trials)
     assert all(t.last_result["training_iteration"] == 5 for t in trials)
-    # Finished trials were kept, not rerun: same ids, result rows unchanged.
+    # Finished trials were kept, not rerun: same ids, last checkpoints unchanged.
     after = _finished_trials(study.experiment_dir)
     for trial_id, data in finished.items():
         assert after[trial_id] == data, f"trial {trial_id} was rerun"

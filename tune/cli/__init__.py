@@ -101,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(func(args) or 0)
     except _user_errors() as exc:
-        print(f"s2ap {args.command}: error: {exc}", file=sys.stderr)
+        action = getattr(args, f"{args.command}_command", None)  # masks pull|apply|diff
+        name = f"{args.command} {action}" if action else args.command
+        print(f"s2ap {name}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("s2ap: interrupted", file=sys.stderr)

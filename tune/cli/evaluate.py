@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tune.cli.common import Command, UserError, add_study_arguments, load_study_args
+from tune.cli.common import (
+    POSITIVE_INT,
+    Command,
+    UserError,
+    add_study_arguments,
+    load_study_args,
+)
 
 __all__ = ["COMMAND"]
 
@@ -14,7 +20,9 @@ __all__ = ["COMMAND"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_study_arguments(p)
     p.add_argument("--trial", help="trial id (default: the best completed trial)")
-    p.add_argument("--n-examples", type=int)
+    p.add_argument(
+        "--n-examples", type=POSITIVE_INT, help="test images to evaluate (default: the study's)"
+    )
     p.add_argument("--no-autoattack", action="store_true")
     p.add_argument("--cpu", action="store_true", help="evaluate on the CPU even with a GPU")
 
@@ -47,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     study = load_study_args(args)
     row = _pick(study, study_status(study), args.trial)
     overrides: dict[str, Any] = {}
-    if args.n_examples:
+    if args.n_examples is not None:
         overrides["n_examples"] = args.n_examples
     if args.no_autoattack:
         overrides["autoattack"] = False

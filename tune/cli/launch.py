@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from tune.cli.common import Command, add_study_arguments, load_study_args
+from tune.cli.common import (
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    Command,
+    add_study_arguments,
+    check_writable_folder,
+    load_study_args,
+)
 
 __all__ = ["COMMAND"]
 
@@ -20,9 +27,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="join a Ray cluster (auto, or HOST:PORT of the head); default: a local Ray runtime",
     )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides study.tracking_uri)")
-    p.add_argument("--num-samples", type=int, help="override study.num_samples")
-    p.add_argument("--num-cpus", type=int, help="local runtime: CPUs Ray may use (default: all)")
-    p.add_argument("--num-gpus", type=int, help="local runtime: GPUs Ray may use (default: all)")
+    p.add_argument("--num-samples", type=POSITIVE_INT, help="override study.num_samples")
+    p.add_argument(
+        "--num-cpus", type=POSITIVE_INT, help="local runtime: CPUs Ray may use (default: all)"
+    )
+    p.add_argument(
+        "--num-gpus", type=NON_NEGATIVE_INT, help="local runtime: GPUs Ray may use (default: all)"
+    )
     p.add_argument("--ray-temp-dir", help="local runtime: Ray's temp dir (keep the path short)")
     p.add_argument(
         "--skip-resource-check",
@@ -45,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from tune.service import LaunchOptions, run_study
 
     study = load_study_args(args)
+    check_writable_folder(study.storage_root, "study.storage_root")
+    if args.ray_temp_dir:
+        check_writable_folder(args.ray_temp_dir, "--ray-temp-dir")
     options = LaunchOptions(
         address=args.address,
         resume=args.resume,

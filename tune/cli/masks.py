@@ -8,7 +8,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tune.cli.common import Command, UserError, method_text, refuse_existing, study_or_name
+from tune.cli.common import (
+    Command,
+    UserError,
+    check_output_file,
+    check_writable_folder,
+    method_text,
+    refuse_existing,
+    require_store,
+    study_or_name,
+)
 
 __all__ = ["COMMAND"]
 
@@ -29,11 +38,13 @@ def pull(args: argparse.Namespace) -> int:
     from tracking.artifacts import MASK_SUFFIX
     from tracking.pull import pull_best_mask
 
+    out = Path(args.out).absolute()
+    check_writable_folder(out, "--out")
+    refuse_existing(out / f"final{MASK_SUFFIX}", args.force)
     name, uri, study = study_or_name(args.study, args.tracking_uri, args.storage_root)
+    require_store(uri, name)
     metric = args.metric or (study.objective.metric if study else "val_robust_acc")
     mode = args.mode or (study.objective.mode if study else "max")
-    out = Path(args.out).absolute()
-    refuse_existing(out / f"final{MASK_SUFFIX}", args.force)
     pulled = pull_best_mask(
         uri, name, out, metric=metric, mode=mode, with_weights=args.with_weights
     )
@@ -59,8 +70,6 @@ def add_apply_arguments(p: argparse.ArgumentParser) -> None:
 def _load_checkpoint_state(path: Path) -> dict[str, Any]:
     from tracking.artifacts import load_state_dict
 
-    if not path.is_file():
-        raise UserError(f"--checkpoint {path}: no such file")
     try:
         state = load_state_dict(path)
     except Exception as exc:
@@ -96,13 +105,18 @@ def _save_state(out: Path, state: dict[str, Any]) -> None:
 def apply(args: argparse.Namespace) -> int:
     from s2ap.masking import apply_masks_to_state_dict
     from tracking.artifacts import load_masks
+    from tune.untrusted import check_tensor_file
 
-    mask_path, out = Path(args.mask), Path(args.out).absolute()
+    mask_path, checkpoint = Path(args.mask), Path(args.checkpoint)
+    out = Path(args.out).absolute()
     if not mask_path.is_file():
         raise UserError(f"{mask_path}: no such mask file")
-    refuse_existing(out, args.force)
+    if not checkpoint.is_file():
+        raise UserError(f"--checkpoint {checkpoint}: no such file")
+    check_output_file(out, "--out", force=args.force)
+    check_tensor_file(checkpoint)  # refuses pickled objects other than tensors, naming the file
     masks, header = load_masks(mask_path)
-    state = _load_checkpoint_state(Path(args.checkpoint))
+    state = _load_checkpoint_state(checkpoint)
     try:
         pruned = apply_masks_to_state_dict(state, masks)
     except ValueError as exc:

@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tune.cli.common import Command, UserError, study_or_name
+from tune.cli.common import (
+    Command,
+    UserError,
+    check_output_file,
+    check_writable_folder,
+    require_store,
+    study_or_name,
+)
 
 __all__ = ["COMMAND"]
 
@@ -22,11 +29,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tracking.report import ReportError, write_report
 
+    out = Path(args.out).absolute()
+    check_output_file(out, "--out", force=True)  # the page is written again on each report
+    if args.figures_dir:
+        check_writable_folder(args.figures_dir, "--figures-dir")
     targets = []
     for arg in args.studies:
         name, uri, _ = study_or_name(arg, args.tracking_uri, args.storage_root)
+        require_store(uri, name)
         targets.append((name, uri))
-    out = Path(args.out).absolute()
     command = "s2ap report " + " ".join([*args.studies, "--out", args.out])
     try:
         report = write_report(targets, out, figures_dir=args.figures_dir, command=command)

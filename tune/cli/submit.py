@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from tune.cli.common import Command, add_study_arguments, load_study_args
+from tune.cli.common import Command, UserError, add_study_arguments, load_study_args
 
 __all__ = ["COMMAND"]
 
@@ -40,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from tune.submit import submit_study
 
     study = load_study_args(args)
+    if args.working_dir and not Path(args.working_dir).is_dir():
+        raise UserError(f"--working-dir {args.working_dir}: no such folder")
     _job_id, status = submit_study(
         study,
         args.address,

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from tune.cli.common import (
+    PORT,
     Command,
     UserError,
     add_study_arguments,
@@ -21,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_study_arguments(p)
     p.add_argument("--tracking-uri")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--port", type=PORT, default=None, help="default: a free port")
 
 
 def run(args: argparse.Namespace) -> int:
