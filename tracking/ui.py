@@ -125,7 +125,7 @@ def study_pages(tracking_uri: str, study_name: str) -> StudyPages:
     if db is not None and not db.is_file():
         # Opening a missing sqlite store would create an empty one.
         raise StudyNotFoundError(f"no MLflow store at {db} yet; run the study first")
-    client = make_client(tracking_uri)
+    client = make_client(tracking_uri, read_only=True)
     exp = study_experiment(client, tracking_uri, study_name)
     run = study_run(client, exp.experiment_id)
     own = study_objectives(dict(run.data.tags)) if run else []
@@ -182,7 +182,7 @@ def save_trials_view(client: MlflowClient, pages: StudyPages) -> StudyPages:
 
 def _with_view(tracking_uri: str, pages: StudyPages, err: IO[str]) -> StudyPages:
     try:
-        return save_trials_view(make_client(tracking_uri), pages)
+        return save_trials_view(make_client(tracking_uri, read_only=True), pages)
     except Exception as exc:  # the view is a convenience; the facets URL works without it
         print(f"warning: could not save the trials view ({exc}); the URL filters instead", file=err)
         return pages

@@ -423,9 +423,15 @@ def _read(path: str | Path | None, raw: dict[str, Any] | None) -> tuple[Any, Pat
     except IsADirectoryError:
         raise StudyError(f"{p}: is a folder; pass the study's YAML file") from None
     try:
-        return yaml.safe_load(text) or {}, p.resolve()
+        content = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise StudyError(f"{p}: not valid YAML: {exc}") from None
+    if content is None:
+        raise StudyError(
+            f"{p}: the file is empty; a study file needs a run config, a study: block and a "
+            "search_space: (start from configs/quickstart.yaml)"
+        )
+    return content, p.resolve()
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

@@ -222,7 +222,7 @@ def load_trial_runs(
     trial) counts once (its latest finished run). Runs that did not finish are left out and
     counted in the notes, so the page says what is missing.
     """
-    client = make_client(tracking_uri)
+    client = make_client(tracking_uri, read_only=True)
     runs_out: list[TrialRun] = []
     notes: list[str] = []
     for name in studies:
