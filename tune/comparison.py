@@ -1,11 +1,13 @@
 """The searched trials beside the baselines: what the study found, in the baselines' terms.
 
 For each baseline (``study.baselines``) the comparison gives its objective value (the mean over
-its seeds), the best S2AP trial's value (:func:`tune.results.best_trial` over the searched
-trials of the ``score`` arm), the margin (positive: S2AP is better, whatever the objective's
-mode) and, with several seeds, each side's seed spread (the standard deviation over seeds: the
-trial's own ``<metric>_std`` with ``study.seeds`` replicates, else over the trials that differ
-only in ``seed``). The summary, ``s2ap status`` and the MLflow study run all show it.
+its seeds), the best comparable S2AP trial's value (:func:`tune.results.best_trial` over the
+searched trials of the ``score`` arm that agree with the baseline on every other field it sets:
+HARP + S2AP against the HARP baseline, HYDRA + S2AP against HYDRA), the margin (positive: S2AP is
+better, whatever the objective's mode) and, with several seeds, each side's seed spread (the
+standard deviation over seeds: the trial's own ``<metric>_std`` with ``study.seeds`` replicates,
+else over the trials that differ only in ``seed``). The summary, ``s2ap status`` and the MLflow
+study run all show it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
+from s2ap.arms import flatten
 from s2ap.config import ConfigError
 from tune.results import TrialRow, best_trial
 from tune.search import build_trial_config
@@ -39,7 +42,8 @@ class BaselineComparison(TypedDict):
     seeds: int
     spread: float | None
     best_trial: str | None
-    """The best S2AP trial (``prune.perturbation: score``) among the searched ones."""
+    """The best comparable S2AP trial (``prune.perturbation: score``, the baseline's other
+    settings) among the searched ones."""
     best_value: float | None
     best_seeds: int
     best_spread: float | None
@@ -47,11 +51,26 @@ class BaselineComparison(TypedDict):
     """best_value - value for ``max`` objectives, value - best_value for ``min``."""
 
 
-def _arm(study: Study, row: TrialRow) -> str | None:
+def _flat_config(study: Study, row: TrialRow) -> dict[str, Any] | None:
+    """The trial's whole run config, flattened (``None`` if it does not build)."""
     try:
-        return build_trial_config(study.base_dict(), row["config"]).prune.perturbation
+        return flatten(build_trial_config(study.base_dict(), row["config"]).model_dump(mode="json"))
     except ConfigError:
         return None
+
+
+def _comparable_s2ap(study: Study, rows: Sequence[TrialRow], baseline: str) -> list[TrialRow]:
+    """Searched S2AP trials that share the baseline's settings other than its arm."""
+    fixed = {
+        k: v for k, v in study.settings.baselines[baseline].items() if k != "prune.perturbation"
+    }
+    out = []
+    for r in rows:
+        cfg = _flat_config(study, r) if r["baseline"] is None else None
+        if cfg and cfg["prune.perturbation"] == "score":
+            if all(cfg.get(k) == v for k, v in fixed.items()):
+                out.append(r)
+    return out
 
 
 def _seed_group(rows: Sequence[TrialRow], row: TrialRow) -> list[TrialRow]:
@@ -81,13 +100,12 @@ def _mean_spread(group: Sequence[TrialRow], metric: str) -> tuple[float | None, 
 def compare_with_baselines(study: Study, rows: Sequence[TrialRow]) -> list[BaselineComparison]:
     """One comparison per baseline of the study (empty without baselines)."""
     metric, mode = study.objective.metric, study.objective.mode
-    s2ap = [r for r in rows if r["baseline"] is None and _arm(study, r) == "score"]
-    best = best_trial(study, s2ap)
-    best_value, best_seeds, best_spread = (
-        _mean_spread(_seed_group(rows, best), metric) if best else (None, 0, None)
-    )
     out = []
     for name in study.settings.baselines:
+        best = best_trial(study, _comparable_s2ap(study, rows, name))
+        best_value, best_seeds, best_spread = (
+            _mean_spread(_seed_group(rows, best), metric) if best else (None, 0, None)
+        )
         group = [r for r in rows if r["baseline"] == name and r["completed"]]
         value, seeds, spread = _mean_spread(group, metric)
         margin = None
@@ -143,12 +161,12 @@ def format_comparisons(comparisons: Sequence[BaselineComparison]) -> list[str]:
     if not comparisons:
         return []
     c0 = comparisons[0]
-    lines = [f"best S2AP trial vs baselines ({c0['metric']} {c0['mode']}):"]
+    lines = [f"each baseline beside the best comparable S2AP trial ({c0['metric']} {c0['mode']}):"]
     for c in comparisons:
         best = (
             f"S2AP {c['best_trial']} {_num(c['best_value'], c['best_seeds'], c['best_spread'])}"
             if c["best_trial"]
-            else "no completed S2AP trial"
+            else "no comparable S2AP trial completed"
         )
         margin = "" if c["margin"] is None else f"  margin {c['margin']:+.4f}"
         lines.append(
