@@ -46,8 +46,11 @@ format: install
 run: install
 	$(VENV)/bin/s2ap tune configs/quickstart.yaml
 
+# The prune-step table with its two ratios (S2AP-1 / dense, S2AP-1 / HYDRA time). On a shared
+# machine: make bench BENCH_ARGS="--threads 1 --clock cpu" (docs/PERFORMANCE.md).
+BENCH_ARGS ?=
 bench: install
-	$(PY) benchmarks/prune_step.py
+	$(PY) benchmarks/prune_step.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

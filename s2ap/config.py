@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -18,10 +19,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = [
     "AWPConfig",
     "AugmentConfig",
+    "ComputeConfig",
     "ConfigError",
     "DataConfig",
     "EvaluateConfig",
     "FinetuneConfig",
+    "HarpConfig",
     "ModelConfig",
     "PretrainConfig",
     "PruneConfig",
@@ -39,12 +42,19 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float field of every section must be finite (YAML's .inf/.nan
+    # parse as floats and would otherwise pass a `ge=0` bound).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+# Upper bounds mark values that are certainly a mistake, not a recommended range.
+LearningRate = Annotated[float, Field(gt=0.0, le=10.0)]
+WeightDecay = Annotated[float, Field(ge=0.0, le=1.0)]
+# A relative radius of 10 already moves every score 10 times its own norm.
+Radius = Annotated[float, Field(ge=0.0, le=10.0)]
 
 
 class ThreatConfig(_Strict):
@@ -106,24 +116,41 @@ class _TrainConfig(_Strict):
     """What every training stage shares: optimiser, schedule, robust objective."""
 
     epochs: NonNegInt = 10
-    lr: float = Field(0.1, gt=0.0)
+    lr: LearningRate = 0.1
     optimizer: Literal["sgd", "adam"] = "sgd"
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(5e-4, ge=0.0)
+    weight_decay: WeightDecay = 5e-4
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     objective: Literal["pgd", "trades"] = "pgd"
-    trades_beta: float = Field(6.0, gt=0.0)
+    trades_beta: float = Field(6.0, gt=0.0, le=100.0)
 
 
 class PretrainConfig(_TrainConfig):
     """Dense PGD adversarial training (stage i)."""
 
 
-class PruneConfig(_TrainConfig):
-    """The mask search (stage ii): HYDRA host with the S2AP score-space min-max."""
+class HarpConfig(_Strict):
+    """HARP's learned per-layer rates (Zhao & Wressnegger, ICLR 2023); read when host is harp."""
 
-    lr: float = Field(0.1, gt=0.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
+    alpha: float = Field(
+        0.1, ge=0.0, lt=1.0, description="floor of a layer's rate, as a fraction of 1 - sparsity"
+    )
+    gamma: float = Field(
+        0.01,
+        ge=0.0,
+        le=10.0,
+        description="budget-loss weight step: gamma * (epoch + 1) until the budget is met",
+    )
+    rate_lr: LearningRate | None = Field(
+        None, description="learning rate of the rates; null uses prune.lr (one optimizer, as HARP)"
+    )
+
+
+class PruneConfig(_TrainConfig):
+    """The mask search (stage ii): a host (HYDRA or HARP) with the S2AP score-space min-max."""
+
+    lr: LearningRate = 0.1
+    weight_decay: WeightDecay = 1e-4
     epochs: NonNegInt = 20
     sparsity: Fraction = 0.9
     scope: Literal["layer", "global"] = "layer"
@@ -132,24 +159,35 @@ class PruneConfig(_TrainConfig):
     exclude: list[str] | None = None
     bn_trainable: bool = True
     perturbation: Literal["score", "random", "none"] = "score"
-    rho: float = Field(0.1, ge=0.0, description="radius (relative: gamma; absolute: global rho)")
+    rho: Radius = Field(0.1, description="radius (relative: gamma; absolute: global rho)")
     radius: Literal["relative", "absolute"] = "relative"
     ascent_steps: PositiveInt = 1
     warmup_epochs: NonNegInt = 5
+    host: Literal["hydra", "harp"] = "hydra"
+    harp: HarpConfig = Field(default_factory=HarpConfig)
+
+    @model_validator(mode="after")
+    def _harp_is_per_layer(self) -> PruneConfig:
+        if self.host == "harp" and self.scope != "layer":
+            raise ValueError(
+                "prune.scope must be 'layer' when prune.host is 'harp' "
+                "(HARP learns how one global budget splits across layers)"
+            )
+        return self
 
 
 class AWPConfig(_Strict):
     """Adversarial weight perturbation (Wu et al., 2020) for the finetune stage."""
 
     enabled: bool = False
-    gamma: float = Field(5e-3, ge=0.0, description="relative radius per layer")
+    gamma: Radius = Field(5e-3, description="relative radius per layer")
     warmup_epochs: NonNegInt = 0
 
 
 class FinetuneConfig(_TrainConfig):
     """Adversarial training of the surviving weights with the mask fixed (stage iii)."""
 
-    lr: float = Field(0.01, gt=0.0)
+    lr: LearningRate = 0.01
     awp: AWPConfig = Field(default_factory=AWPConfig)
 
 
@@ -160,7 +198,7 @@ class ValidationConfig(_Strict):
     max_examples: PositiveInt | None = None
     sharpness_examples: PositiveInt = 256
     # One radius for every arm, so sharpness is comparable across rho values and methods.
-    sharpness_rho: float = Field(0.1, gt=0.0)
+    sharpness_rho: float = Field(0.1, gt=0.0, le=10.0)
     # Power iterations for the top Hessian eigenvalue w.r.t. the scores, at the end of pruning
     # (same fixed batch as sharpness); 0 skips it.
     hessian_iters: NonNegInt = 20
@@ -181,6 +219,19 @@ class DenseConfig(_Strict):
     checkpoint: str | None = None
 
 
+class ComputeConfig(_Strict):
+    """How the training passes run on the device; speed and rounding, never the method.
+
+    ``amp: bf16`` runs the attack and the update under bfloat16 autocast (validation and test
+    evaluation stay float32); ``channels_last`` stores weights and batches NHWC; ``compile``
+    compiles the model's forward with ``torch.compile``. See :mod:`s2ap.compute`.
+    """
+
+    amp: Literal["none", "bf16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
+
+
 class RunConfig(_Strict):
     """One adversarial-pruning run: pretrain (or load) -> prune -> finetune -> evaluate."""
 
@@ -196,6 +247,7 @@ class RunConfig(_Strict):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
 
     @field_validator("device")
     @classmethod
@@ -225,14 +277,29 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# pydantic error type -> fn(error) -> the message, phrased as what the value must be.
+_MESSAGES: dict[str, Callable[[Any], str]] = {
+    "extra_forbidden": lambda e: (
+        "unknown field (check the spelling; see configs/ for the valid fields)"
+    ),
+    "finite_number": lambda e: "must be a finite number, not inf or nan (write e.g. 0.1)",
+    "greater_than": lambda e: f"must be greater than {e['ctx']['gt']}",
+    "greater_than_equal": lambda e: f"must be at least {e['ctx']['ge']}",
+    "less_than": lambda e: f"must be less than {e['ctx']['lt']}",
+    "less_than_equal": lambda e: (
+        f"must be at most {e['ctx']['le']} (a larger value is certainly a mistake)"
+    ),
+    "int_from_float": lambda e: "must be a whole number (write e.g. 10, not 10.5)",
+}
+
+
 def format_validation_error(err: ValidationError, source: str = "config") -> str:
     """One line per problem: ``<source>: <dotted.field>: <message> (got <value>)``."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see configs/ for the valid fields)"
+        known = _MESSAGES.get(e["type"])
+        msg = known(e) if known else e["msg"].removeprefix("Value error, ")
         got = e.get("input")
         got_text = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
         lines.append(f"{source}: {loc or '<root>'}: {msg}{got_text}")
@@ -243,11 +310,17 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     """Read and validate a run file; raises :class:`ConfigError` with every problem listed."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except FileNotFoundError as e:
         raise ConfigError(f"{path}: no such file") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if raw is None:
+        raise ConfigError(
+            f"{path}: the file is empty; a run file needs at least a dataset and a model, e.g. "
+            "'data: {source: digits}' and 'model: {arch: small_cnn}' (configs/run-digits.yaml "
+            "is a complete example)"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for key, value in (overrides or {}).items():

@@ -35,75 +35,91 @@ Closure = Callable[[], Tensor]
 _EPS = 1e-12
 
 
-def perturbation_radii(scores: Sequence[Tensor], rho: float, radius: RadiusMode) -> list[float]:
-    """Per-tensor radii ``rho * ||s_l||`` (relative), or ``[rho]`` for the one global ball."""
+def _detached(tensors: Sequence[Tensor]) -> list[Tensor]:
+    return [t.detach() for t in tensors]
+
+
+def _accumulation_dtype(t: Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def _norms(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """L2 norm of each tensor as a 0-d tensor, accumulated in at least float32.
+
+    One fused kernel for all tensors on CUDA, and no host synchronisation: radii and scales
+    stay on the device, so the ascent queues up behind the backward pass without a stall.
+    """
+    dtype = _accumulation_dtype(tensors[0])
+    return list(torch._foreach_norm(_detached(tensors), 2, dtype=dtype))
+
+
+def perturbation_radii(scores: Sequence[Tensor], rho: float, radius: RadiusMode) -> list[Tensor]:
+    """Radii as 0-d tensors: ``rho * ||s_l||`` per tensor (relative), or ``[rho]`` (absolute)."""
     if radius == "relative":
-        return [rho * float(s.detach().norm()) for s in scores]
+        return [rho * n for n in _norms(scores)] if scores else []
     if radius == "absolute":
-        return [float(rho)]
+        if not scores:
+            return [torch.tensor(float(rho), dtype=torch.float64)]
+        s = scores[0]
+        return [torch.tensor(float(rho), dtype=_accumulation_dtype(s), device=s.device)]
     raise ValueError(f"radius must be 'relative' or 'absolute', got {radius!r}")
 
 
-def _groups(tensors: Sequence[Tensor], radius: RadiusMode) -> list[list[int]]:
-    """Which tensors share a ball: one each (relative) or all together (absolute)."""
-    return (
-        [[i] for i in range(len(tensors))] if radius == "relative" else [list(range(len(tensors)))]
-    )
+def _norms_and_radii(
+    tensors: Sequence[Tensor], radii: Sequence[Tensor], radius: RadiusMode
+) -> tuple[Tensor, Tensor]:
+    """Per tensor: the norm of its ball and the ball's radius, as two vectors.
 
-
-def _norm(tensors: Sequence[Tensor]) -> Tensor:
-    """Joint L2 norm, accumulated in at least float32 (never in half precision)."""
-    dtype = torch.promote_types(tensors[0].dtype, torch.float32)
-    return torch.sqrt(sum((t.detach().to(dtype) ** 2).sum() for t in tensors))
+    Relative: every tensor is its own ball. Absolute: one ball, the joint norm of all tensors.
+    """
+    norms = torch.stack(_norms(tensors))
+    if radius == "relative":
+        return norms, torch.stack(list(radii)).to(norms)
+    joint = torch.linalg.vector_norm(norms)
+    return joint.expand(len(tensors)), radii[0].to(norms).expand(len(tensors))
 
 
 def _scaled_directions(
-    directions: Sequence[Tensor], radii: Sequence[float], radius: RadiusMode
+    directions: Sequence[Tensor], radii: Sequence[Tensor], radius: RadiusMode
 ) -> list[Tensor]:
     """Scale each ball's directions to its radius (a zero direction stays zero)."""
-    out: list[Tensor] = [torch.empty(0)] * len(directions)
-    for group, r in zip(_groups(directions, radius), radii):
-        norm = _norm([directions[i] for i in group])
-        for i in group:
-            out[i] = directions[i] * (r / (norm + _EPS))
-    return out
+    norms, r = _norms_and_radii(directions, radii, radius)
+    scales = (r / (norms + _EPS)).to(directions[0].dtype).unbind()
+    return list(torch._foreach_mul(_detached(directions), scales))
 
 
-def _project(z: Sequence[Tensor], radii: Sequence[float], radius: RadiusMode) -> list[Tensor]:
-    """Project ``z`` back onto its ball(s)."""
-    out = list(z)
-    for group, r in zip(_groups(z, radius), radii):
-        norm = float(_norm([z[i] for i in group]))
-        if norm > r:
-            for i in group:
-                out[i] = z[i] * (r / norm)
-    return out
+def _project(z: Sequence[Tensor], radii: Sequence[Tensor], radius: RadiusMode) -> list[Tensor]:
+    """Project ``z`` back onto its ball(s); a ``z`` inside its ball is returned unchanged."""
+    norms, r = _norms_and_radii(z, radii, radius)
+    scales = torch.where(norms > r, r / norms, torch.ones_like(norms))  # no host sync
+    return list(torch._foreach_mul(list(z), scales.to(z[0].dtype).unbind()))
 
 
 def _grads(scores: Sequence[Tensor]) -> list[Tensor]:
-    return [s.grad.detach().clone() if s.grad is not None else torch.zeros_like(s) for s in scores]
+    """The current gradients (not copies: every use below makes new tensors from them)."""
+    return [s.grad if s.grad is not None else torch.zeros_like(s) for s in scores]
 
 
 class scores_perturbed:
     """Temporarily add ``z`` to the scores in place; restore them exactly on exit.
 
     The restore copies the saved tensors back (not ``s - z``) so ``rho = 0`` and floating-point
-    round-off can never drift the scores.
+    round-off can never drift the scores. Both writes bump the version counters, which is how
+    the masks notice (:mod:`s2ap.masking`).
     """
 
     def __init__(self, scores: Sequence[Tensor], z: Sequence[Tensor]) -> None:
-        self.scores, self.z = scores, z
+        self.scores, self.z = _detached(scores), list(z)
 
     def __enter__(self) -> None:
-        self.saved = [s.detach().clone() for s in self.scores]
+        self.saved = [s.clone() for s in self.scores]
         with torch.no_grad():
-            for s, z in zip(self.scores, self.z):
-                s.add_(z)
+            torch._foreach_add_(self.scores, self.z)
 
     def __exit__(self, *exc: object) -> None:
         with torch.no_grad():
-            for s, saved in zip(self.scores, self.saved):
-                s.copy_(saved)
+            torch._foreach_copy_(self.scores, self.saved)
+        del self.saved
 
 
 def ascent_perturbation(
@@ -129,7 +145,7 @@ def ascent_perturbation(
         with scores_perturbed(scores, z):
             closure()
         step = _scaled_directions(_grads(scores), radii, radius)
-        z = _project([zi + si for zi, si in zip(z, step)], radii, radius)
+        z = _project(torch._foreach_add(z, step), radii, radius)
     return z
 
 

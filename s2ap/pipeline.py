@@ -14,11 +14,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from s2ap.compute import Compute
 from s2ap.config import RunConfig
 from s2ap.data import DatasetSplits, load_dataset
 from s2ap.masking import ScoreMasking, get_masking
 from s2ap.models import create_model
-from s2ap.stages import FinetuneStage, PretrainStage, PruneStage, TrainingStage, evaluate_test
+from s2ap.stages import (
+    FinetuneStage,
+    PretrainStage,
+    PruneStage,
+    TrainingStage,
+    evaluate_test,
+    make_host,
+)
 
 __all__ = ["PHASES", "Pipeline", "load_data", "load_state_file", "resolve_device"]
 
@@ -26,8 +34,14 @@ PHASES = ("pretrain", "prune", "finetune")
 
 
 def _cpu_copy(state: dict[str, Any]) -> dict[str, Any]:
-    """Detached CPU copy of a state dict (masked layers also carry a small ``_extra_state``)."""
-    return {k: v.detach().cpu().clone() if torch.is_tensor(v) else v for k, v in state.items()}
+    """Detached, contiguous CPU copy of a state dict (channels-last weights come back NCHW;
+    masked layers also carry a small ``_extra_state``)."""
+    return {
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+        if torch.is_tensor(v)
+        else v
+        for k, v in state.items()
+    }
 
 
 def load_state_file(path: str) -> dict[str, torch.Tensor]:
@@ -108,6 +122,9 @@ class Pipeline:
             dense_state = load_state_file(cfg.dense.checkpoint)
         if dense_state is not None:
             self.model.load_state_dict(dense_state)
+        compute = Compute.from_config(cfg.compute)
+        compute.check_device(self.device)
+        compute.prepare(self.model)  # before the masks exist: scores and masks follow the layout
         self.phases = [
             p
             for p in phases
@@ -141,6 +158,7 @@ class Pipeline:
                 include=p.include,
                 exclude=p.exclude,
                 seed=self.cfg.seed,
+                host=make_host(p),
             )
         return self.masking
 
@@ -236,6 +254,7 @@ class Pipeline:
             "global_epoch": self.global_epoch,
             "model": self.model.state_dict(),
             "masked": self.masking is not None,
+            "host": self.masking.host.state_dict() if self.masking else None,
             "stage": self.stage.state_dict() if self.stage else None,
             "best": self.best,
             "prune_masks": self.prune_masks,
@@ -251,6 +270,8 @@ class Pipeline:
         if state["masked"]:
             self._ensure_masking()
         self.model.load_state_dict(state["model"])
+        if self.masking is not None and state.get("host") is not None:
+            self.masking.host.load_state_dict(state["host"])  # HARP's rates
         self._enter_phase()
         if self.stage is not None and state["stage"] is not None:
             self.stage.load_state_dict(state["stage"])

@@ -10,16 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from s2ap.adversarial import AttackSettings, make_objective
-from s2ap.config import AugmentConfig, DataConfig, RunConfig, ThreatConfig, _TrainConfig
+from s2ap.compute import Compute
+from s2ap.config import (
+    AugmentConfig,
+    DataConfig,
+    PruneConfig,
+    RunConfig,
+    ThreatConfig,
+    _TrainConfig,
+)
 from s2ap.data import Augment, DatasetSplits
-from s2ap.masking import ScoreMasking
+from s2ap.harp import HarpHost
+from s2ap.masking import HydraHost, ScoreMasking
 from s2ap.metrics import (
     accuracy,
     autoattack_accuracy,
@@ -31,11 +40,13 @@ from s2ap.metrics import (
 from s2ap.perturbation import S2AP
 
 __all__ = [
+    "HOSTS",
     "FinetuneStage",
     "PretrainStage",
     "PruneStage",
     "TrainingStage",
     "evaluate_test",
+    "make_host",
     "validate",
 ]
 
@@ -54,7 +65,21 @@ def augmentation(data_cfg: DataConfig, data: DatasetSplits) -> Augment | None:
     return Augment(crop_padding=aug.crop_padding, flip=aug.flip)
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: _TrainConfig) -> torch.optim.Optimizer:
+#: ``prune.host`` -> the host pruning method (:class:`~s2ap.masking.HydraHost`), from the config.
+HOSTS: dict[str, Callable[[PruneConfig], HydraHost]] = {
+    "hydra": lambda p: HydraHost(),
+    "harp": lambda p: HarpHost(alpha=p.harp.alpha, gamma=p.harp.gamma, rate_lr=p.harp.rate_lr),
+}
+
+
+def make_host(cfg: PruneConfig) -> HydraHost:
+    """The host named by ``prune.host``, for ``ScoreMasking(..., host=...)``."""
+    return HOSTS[cfg.host](cfg)
+
+
+def make_optimizer(
+    params: list[nn.Parameter] | list[dict[str, Any]], cfg: _TrainConfig
+) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -72,14 +97,17 @@ def make_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 @contextlib.contextmanager
-def bn_stats_frozen(model: nn.Module) -> Iterator[None]:
+def bn_stats_frozen(bns: Sequence[nn.modules.batchnorm._BatchNorm]) -> Iterator[None]:
     """Keep BatchNorm running statistics fixed (momentum 0) during the extra S2AP/AWP passes.
 
     The perturbed passes see the same batch again; letting them update the running stats
-    would count that batch two or more times.
+    would count that batch two or more times. ``bns``: :func:`batch_norms` of the model.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
     for m in bns:
         m.momentum = 0.0
@@ -147,10 +175,13 @@ class TrainingStage:
     ) -> None:
         self.model, self.data, self.cfg, self.stage_cfg = model, data, cfg, stage_cfg
         self.epoch = 0
+        self.compute = Compute.from_config(cfg.compute)
+        self.batch_norms = batch_norms(model)
         self.augment = augmentation(cfg.data, data)
         self.generator = torch.Generator().manual_seed(cfg.seed * 1000 + seed_offset)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(trainable, stage_cfg)
+        groups = [{"params": trainable}, *self.extra_param_groups()]
+        self.optimizer = make_optimizer(groups, stage_cfg)
         self.schedule = make_schedule(self.optimizer, stage_cfg)
         self.update = self.make_update()
         self.objective = make_objective(
@@ -167,12 +198,41 @@ class TrainingStage:
     def make_update(self) -> S2AP:
         return S2AP(self.optimizer, [], rho=0.0, perturbation="none")
 
+    def train_batch(self, x: Tensor, y: Tensor) -> Tensor:
+        """One adversarial update: examples at the current parameters, then ``self.update``.
+
+        Returns the robust loss at the unperturbed parameters, detached, on the device.
+        """
+        with self.compute.autocast(x.device):
+            x_adv = self.objective.examples(x, y)
+        return self.update.step(self._closure(x, x_adv, y))
+
+    def _closure(self, x: Tensor, x_adv: Tensor, y: Tensor) -> Callable[[], Tensor]:
+        """Loss and gradients at the current parameters; runs once, or 1 + ascent steps times.
+
+        Every pass after the first keeps the BatchNorm statistics fixed.
+        """
+        passes = 0
+
+        def closure() -> Tensor:
+            nonlocal passes
+            frozen = bn_stats_frozen(self.batch_norms) if passes else contextlib.nullcontext()
+            passes += 1
+            with frozen:
+                self.update.zero_grad()
+                with self.compute.autocast(x.device):
+                    loss = self.objective.loss(self.model, x, x_adv, y)
+                self.with_penalty(loss).backward()
+            return loss.detach()
+
+        return closure
+
     def run_epoch(self) -> dict[str, Any]:
-        model, update = self.model, self.update
-        update.set_epoch(self.epoch)
-        model.train()
+        self.update.set_epoch(self.epoch)
+        self.model.train()
         start = time.perf_counter()
-        total_loss, seen = 0.0, 0
+        total_loss: Tensor | float = 0.0
+        seen = 0
         batches = self.data.train.batches(
             self.cfg.data.batch_size,
             shuffle=True,
@@ -181,22 +241,11 @@ class TrainingStage:
             drop_last=len(self.data.train) > self.cfg.data.batch_size,
         )
         for x, y in batches:
-            x_adv = self.objective.examples(x, y)
-            passes = 0
-
-            def closure(x: Tensor = x, x_adv: Tensor = x_adv, y: Tensor = y) -> Tensor:
-                nonlocal passes
-                frozen = bn_stats_frozen(model) if passes else contextlib.nullcontext()
-                passes += 1
-                with frozen:
-                    update.zero_grad()
-                    loss = self.objective.loss(model, x, x_adv, y)
-                    loss.backward()
-                return loss.detach()
-
-            loss = update.step(closure)
-            total_loss += float(loss) * len(y)
+            loss = self.train_batch(x, y)
+            # Summed on the device: a float() here would wait for every batch to finish.
+            total_loss = total_loss + loss.float() * len(y)
             seen += len(y)
+        mean_loss = float(total_loss) / max(seen, 1)  # waits for the last batch
         train_time = time.perf_counter() - start
         lr = self.optimizer.param_groups[0]["lr"]
         self.schedule.step()
@@ -204,14 +253,22 @@ class TrainingStage:
         record: dict[str, Any] = {
             "phase": self.name,
             "phase_epoch": self.epoch,
-            "train_robust_loss": total_loss / max(seen, 1),
+            "train_robust_loss": mean_loss,
             "lr": lr,
             "epoch_time_s": train_time,
             "images_per_s": seen / max(train_time, 1e-9),
         }
-        record.update(validate(model, self.data, self.cfg))
+        record.update(validate(self.model, self.data, self.cfg))
         record.update(self.epoch_metrics())
         return record
+
+    def extra_param_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups trained besides the model's (the prune stage's host rates)."""
+        return []
+
+    def with_penalty(self, loss: Tensor) -> Tensor:
+        """The loss the backward pass sees: the robust loss plus any stage penalty."""
+        return loss
 
     def epoch_metrics(self) -> dict[str, Any]:
         return {}
@@ -243,9 +300,14 @@ class PretrainStage(TrainingStage):
 class PruneStage(TrainingStage):
     """Stage (ii): learn the scores with weights frozen; S2AP perturbs the scores.
 
+    The masking's host decides how many weights each layer keeps; a host that learns more than
+    the scores (HARP's per-layer rates) adds its parameters to the optimizer and its budget
+    loss to the training loss. The rates are not perturbed: S2AP acts on the scores only.
+
     Records, besides the shared metrics, the mask's Hamming distance to the previous epoch's
-    (global and per layer), the measured sparsity, and score-space sharpness on a fixed
-    validation batch at ``validation.sharpness_rho`` (one radius for every arm).
+    (global and per layer), the measured sparsity (global and per layer), the host's numbers
+    (HARP: ``layer_rate/<layer>``) and score-space sharpness on a fixed validation batch at
+    ``validation.sharpness_rho`` (one radius for every arm).
     """
 
     name = "prune"
@@ -271,16 +333,25 @@ class PruneStage(TrainingStage):
             seed=self.cfg.seed,
         )
 
+    def extra_param_groups(self) -> list[dict[str, Any]]:
+        return self.masking.host.param_groups()
+
+    def with_penalty(self, loss: Tensor) -> Tensor:
+        penalty = self.masking.host.penalty(self.epoch)
+        return loss if penalty is None else loss + penalty
+
     def epoch_metrics(self) -> dict[str, Any]:
         masks = self.masking.masks()
         hamming, per_layer = mask_hamming(self.previous_mask, masks)
         self.previous_mask = masks
-        sparsity, _ = self.masking.sparsity_report()
+        sparsity, layer_sparsity = self.masking.sparsity_report()
         out: dict[str, Any] = {
             "mask_hamming": hamming,
             "sparsity": sparsity,
             "perturbing": float(self.update.perturbing),
+            **self.masking.host.end_epoch(self.epoch - 1),
         }
+        out.update({f"layer_sparsity/{name}": s for name, s in layer_sparsity.items()})
         v = self.cfg.validation
         with self._fixed_batch_loss() as loss_fn:
             out["sharpness"] = score_sharpness(

@@ -300,3 +300,31 @@ def test_invalid_arguments():
     ScoreMasking(net, sparsity=0.5)
     with pytest.raises(ValueError, match="already masked"):
         ScoreMasking(net, sparsity=0.5)
+
+
+@pytest.mark.parametrize(
+    "select", [masking_mod.kth_largest_by_sort, masking_mod.kth_largest_by_selection]
+)
+def test_threshold_selection_gives_the_stable_sort_mask(monkeypatch, select):
+    """Both selectors (sort on CUDA, kthvalue on the CPU) give the mask of a stable descending
+    argsort cut at k, ties and all."""
+    monkeypatch.setitem(masking_mod.THRESHOLD_SELECTORS, "cpu", select)
+    g = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        n = int(torch.randint(1, 200, (1,), generator=g))
+        if trial % 2:  # few distinct values: many ties at the threshold
+            levels = int(torch.randint(1, 5, (1,), generator=g))
+            magnitudes = torch.randint(0, levels, (n,), generator=g).float()
+        else:
+            magnitudes = torch.rand(n, generator=g)
+        k = int(torch.randint(1, n + 1, (1,), generator=g))
+        expected = _mask_of(magnitudes, 1 - k / n)
+        assert int(expected.sum()) == k
+        assert torch.equal(masking_mod._top_k_mask(magnitudes, k), expected), (trial, n, k)
+
+
+def test_mask_selection_is_in_logical_order_for_channels_last_scores():
+    scores = torch.randn(4, 3, 3, 3)
+    nhwc = scores.contiguous(memory_format=torch.channels_last)
+    k = kept_count(scores.numel(), 0.7)
+    assert torch.equal(masking_mod._top_k_mask(nhwc.abs(), k), _mask_of(scores, 0.7))

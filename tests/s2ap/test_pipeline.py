@@ -91,9 +91,19 @@ def test_digits_pipeline_learns():
     assert pipeline.evaluate_test()["test_clean_acc"] > 0.5
 
 
-@pytest.mark.parametrize("interrupt_after", [1, 3, 5, 6])
-def test_resume_equals_uninterrupted(interrupt_after):
-    cfg = tiny_config(**{"prune.perturbation": "random"} if interrupt_after == 6 else {})
+@pytest.mark.parametrize(
+    "interrupt_after, overrides",
+    [
+        (1, {}),
+        (3, {}),
+        (5, {}),
+        (6, {"prune.perturbation": "random"}),
+        (3, {"prune.host": "harp"}),  # HARP: the rates, their momentum, the budget-loss weight
+        (4, {"prune.host": "harp"}),
+    ],
+)
+def test_resume_equals_uninterrupted(interrupt_after, overrides):
+    cfg = tiny_config(**overrides)
     data = load_data(cfg)
     reference = Pipeline(cfg, data=data)
     reference.run()
@@ -117,6 +127,13 @@ def test_resume_equals_uninterrupted(interrupt_after):
         if torch.is_tensor(value):
             assert torch.equal(value, res_state[key]), key
     assert reference.best["epoch"] == resumed.best["epoch"]
+    ref_host, res_host = reference.masking.host.state_dict(), resumed.masking.host.state_dict()
+    assert ref_host.keys() == res_host.keys()
+    for key, value in ref_host.items():
+        other = res_host[key]
+        assert torch.equal(value, other) if torch.is_tensor(value) else value == other, key
+    if "logits" in ref_host:
+        assert len(set(ref_host["logits"].tolist())) > 1  # the rates were learned, not uniform
 
 
 def test_config_errors_name_the_field(tmp_path):
