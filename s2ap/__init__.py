@@ -6,6 +6,7 @@ here: ``tune`` (the study service) and ``tracking`` (MLflow) build on this packa
 """
 
 from s2ap.adversarial import AttackSettings, make_objective
+from s2ap.compute import Compute
 from s2ap.config import RunConfig, load_run_config
 from s2ap.harp import HarpHost
 from s2ap.masking import (
@@ -31,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "S2AP",
     "AttackSettings",
+    "Compute",
     "HarpHost",
     "HydraHost",
     "Pipeline",

@@ -418,6 +418,8 @@ FIXED_PATHS: dict[str, str] = {
     "pretrain": "the dense model is pretrained once per study",
     "dense": "all trials prune the same dense model",
     "evaluate": "test-set evaluation is not a hyperparameter (see study.test_eval)",
+    "compute": "it sets how trials run (precision, memory layout, compilation), not what they "
+    "learn",
 }
 
 
