@@ -265,3 +265,26 @@ def test_grid_budget_counts_branches_and_baselines() -> None:
         check_searcher(SearcherConfig(kind="grid"), [], space, num_samples=18, baseline_trials=1)
     with pytest.raises(ConfigError, match="leave none for the search"):
         check_searcher(SearcherConfig(), [], space, num_samples=3, baseline_trials=3)
+
+
+def test_harp_parameters_only_in_the_harp_branch() -> None:
+    text = _error(
+        {
+            "prune.host": {"type": "choice", "values": ["hydra", "harp"]},
+            "prune.harp.gamma": {"type": "loguniform", "low": 0.01, "high": 0.3},
+        }
+    )
+    assert "prune.harp.gamma" in text and "prune.host is hydra" in text
+    space = parse_search_space(
+        {
+            "prune.host": {
+                "type": "choice",
+                "branches": {
+                    "hydra": {"prune.rho": {"type": "uniform", "low": 0.01, "high": 0.2}},
+                    "harp": {"prune.harp.gamma": {"type": "loguniform", "low": 0.01, "high": 0.3}},
+                },
+            }
+        }
+    )
+    space.validate_against(BASE)
+    assert space.keys == ["prune.host", "prune.rho", "prune.harp.gamma"]
