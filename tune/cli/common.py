@@ -219,16 +219,21 @@ def study_or_name(
 
 
 def method_text(header: dict[str, Any]) -> str:
-    """``S2AP (rho 0.1, 1 step)`` / ``HYDRA`` from a mask header's ``method`` entry."""
+    """``S2AP (rho 0.1, 1 step)``, ``S2AP on HARP (...)``, ``HYDRA``, ``HARP``,
+    ``HYDRA + random perturbation (rho 0.1)`` from a mask header's ``method`` entry."""
     method = header.get("method")
     if not isinstance(method, dict):
         return str(method or "?")
-    kind = method.get("perturbation")
+    kind, host = method.get("perturbation"), str(method.get("host", "hydra")).upper()
     if kind == "none":
-        return "HYDRA"
-    name = "S2AP" if kind == "score" else f"HYDRA + {kind} perturbation"
+        return host
+    rho = method.get("rho")
+    radius = f"rho {rho:.3g}" if isinstance(rho, int | float) else "rho ?"
+    if kind != "score":
+        return f"{host} + {kind} perturbation ({radius})"
     steps = method.get("ascent_steps")
-    return f"{name} (rho {method.get('rho'):.3g}, {steps} step{'s' if steps != 1 else ''})"
+    name = "S2AP" if host == "HYDRA" else f"S2AP on {host}"
+    return f"{name} ({radius}, {steps} step{'s' if steps != 1 else ''})"
 
 
 def refuse_existing(path: Path, force: bool, what: str = "--out") -> None:
