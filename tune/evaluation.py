@@ -1,6 +1,10 @@
 """Test-set evaluation of a trial's selected model(s): at a trial's end (``test_eval.every_trial``),
-of the best trial after the search (a Ray task with a trial's resources), or on demand
-(``s2ap evaluate``).
+of the best trial after the search, or on demand (``s2ap evaluate``).
+
+After the search, a local runtime evaluates in the driver with a trial's CPU share (it already
+holds torch and the trial code; a Ray task would start a worker that imports them again and
+reloads the dataset, seconds per study); on a cluster, a Ray task with a trial's resources
+runs where Ray places it.
 
 The test set is never used for selection: these numbers go to MLflow, ``summary.json`` and the
 printout, never to Optuna or ASHA.
@@ -91,13 +95,36 @@ def evaluate_trial_checkpoint(
     return out
 
 
-def evaluate_best_trial(
-    study: Study, best: dict[str, Any], tracking: dict[str, str] | None, out: IO[str]
-) -> dict[str, Any] | None:
-    """The best trial's test numbers: recorded by the trial itself (``every_trial``), or
-    measured now by a Ray task with a trial's resources and logged to the trial's run."""
+def _in_this_process(cpus: float, **kwargs: Any) -> dict[str, Any]:
+    """:func:`evaluate_trial_checkpoint` here, with ``cpus`` threads (what Ray gives a task)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(cpus)))
+    try:
+        return evaluate_trial_checkpoint(**kwargs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _in_ray_task(cpus: float, gpus: float, **kwargs: Any) -> dict[str, Any]:
     import ray
 
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(evaluate_trial_checkpoint)
+    return ray.get(task.remote(**kwargs))
+
+
+def evaluate_best_trial(
+    study: Study,
+    best: dict[str, Any],
+    tracking: dict[str, str] | None,
+    out: IO[str],
+    *,
+    in_driver: bool = True,
+) -> dict[str, Any] | None:
+    """The best trial's test numbers: recorded by the trial itself (``every_trial``), or
+    measured now (``in_driver``: in this process, else by a Ray task with a trial's resources)
+    and logged to the trial's run."""
     from tune.checkpoint import read_test_numbers, read_trial_info
     from tune.console import warn
 
@@ -119,15 +146,15 @@ def evaluate_best_trial(
         flush=True,
     )
     res = study.settings.resources
-    task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0)(evaluate_trial_checkpoint)
-    return ray.get(
-        task.remote(
-            checkpoint,
-            evaluate_overrides=overrides,
-            gpu=res.gpu,
-            allow_cpu_fallback=study.settings.allow_cpu_fallback,
-            tracking=tracking,
-            trial_id=best["trial_id"],
-            params=dict(read_trial_info(checkpoint).get("params") or {}),
-        )
-    )
+    kwargs = {
+        "checkpoint_dir": checkpoint,
+        "evaluate_overrides": overrides,
+        "gpu": res.gpu,
+        "allow_cpu_fallback": study.settings.allow_cpu_fallback,
+        "tracking": tracking,
+        "trial_id": best["trial_id"],
+        "params": dict(read_trial_info(checkpoint).get("params") or {}),
+    }
+    if in_driver:
+        return _in_this_process(res.cpu, **kwargs)
+    return _in_ray_task(res.cpu, res.gpu, **kwargs)

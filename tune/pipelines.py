@@ -24,8 +24,10 @@ from s2ap.data import DatasetSplits
 from s2ap.masking import get_masking
 from s2ap.metrics import mask_hamming
 from s2ap.pipeline import Pipeline, load_data
+from tune.timings import StepTimes
 
 __all__ = [
+    "SelectedMasks",
     "build_pipelines",
     "cached_data",
     "cached_dense",
@@ -73,20 +75,26 @@ def build_pipelines(
     phases: Sequence[str],
     device: torch.device,
     dense_path: str | None,
+    times: StepTimes | None = None,
 ) -> list[Pipeline]:
-    """One pipeline per seed on the cached dataset, all starting from the study's dense model."""
-    data = cached_data(cfg, device)
-    dense = cached_dense(dense_path)
-    return [
-        Pipeline(
-            cfg.model_copy(update={"seed": seed}),
-            data=data,
-            dense_state=dense,
-            device=device,
-            phases=tuple(phases),
-        )
-        for seed in seeds
-    ]
+    """One pipeline per seed on the cached dataset, all starting from the study's dense model;
+    ``times`` gets the seconds of the ``dataset``, ``dense`` and ``pipelines`` steps."""
+    times = times if times is not None else StepTimes()
+    with times.step("dataset"):
+        data = cached_data(cfg, device)
+    with times.step("dense"):
+        dense = cached_dense(dense_path)
+    with times.step("pipelines"):
+        return [
+            Pipeline(
+                cfg.model_copy(update={"seed": seed}),
+                data=data,
+                dense_state=dense,
+                device=device,
+                phases=tuple(phases),
+            )
+            for seed in seeds
+        ]
 
 
 def _mean_record(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -117,6 +125,32 @@ def merge_records(records: list[dict[str, Any]], pipelines: list[Pipeline]) -> d
     if all(b >= 0 for b in best):
         out["best_val_robust_acc"] = sum(best) / len(best)
     return out
+
+
+class SelectedMasks:
+    """The masks of a pipeline's selected model (what a checkpoint's mask file holds), each
+    epoch at the cost of a mask copy rather than of a model copy.
+
+    The selection changes only at an epoch that improves on it, and then the live model *is* the
+    selected one: its masks are the selected masks. Between improvements the ones found then are
+    kept. Only a restore (:meth:`clear`) makes the next call copy the model once.
+    """
+
+    def __init__(self) -> None:
+        self._epoch: int | None = None
+        self._masks: dict[str, torch.Tensor] = {}
+
+    def clear(self) -> None:
+        self._epoch = None
+
+    def __call__(self, pipeline: Pipeline) -> dict[str, torch.Tensor]:
+        best = pipeline.best
+        epoch = int(best.get("epoch", -1))
+        if best.get("state") is None or epoch == pipeline.global_epoch:
+            self._epoch, self._masks = epoch, pipeline.masks()
+        elif epoch != self._epoch:
+            self._epoch, self._masks = epoch, pipeline.selected_masks()
+        return self._masks
 
 
 def selected_masks_and_weights(

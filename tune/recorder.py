@@ -11,6 +11,7 @@ test numbers and the outcome.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
@@ -80,7 +81,6 @@ def trial_tags(
 ) -> dict[str, str]:
     """Tags of a trial's run: versions, host and worker PID, method, what was sampled (the
     values its arm uses), the baseline it runs (``s2ap.baseline``), the device."""
-    import optuna
     import ray
 
     from tracking.runs import TAG_DEVICE
@@ -89,7 +89,8 @@ def trial_tags(
     used = {k: v for k, v in sampled.items() if k not in ignored}
     tags = {
         "s2ap.ray_version": ray.__version__,
-        "s2ap.optuna_version": optuna.__version__,
+        # The version without the import: a trial never uses Optuna (it runs in the driver).
+        "s2ap.optuna_version": importlib.metadata.version("optuna"),
         "s2ap.hostname": socket.gethostname(),
         "s2ap.pid": str(os.getpid()),  # the worker running the trial now (set again on restart)
         "s2ap.trial_name": trial_name,

@@ -17,6 +17,7 @@ from typing import IO, Any
 from tune.console import warn
 from tune.options import LaunchOptions
 from tune.study import Study, StudyError
+from tune.timings import StepTimes
 
 __all__ = ["check_cluster", "check_cluster_resources", "is_local", "ray_runtime"]
 
@@ -72,17 +73,21 @@ def _init_ray(options: LaunchOptions) -> bool:
 
 
 @contextlib.contextmanager
-def ray_runtime(options: LaunchOptions) -> Iterator[None]:
+def ray_runtime(options: LaunchOptions, times: StepTimes | None = None) -> Iterator[None]:
     """Ray started or joined for the block; shut down afterwards if this block started it
-    (an already initialised Ray, e.g. a test's, is used as is and left running)."""
+    (an already initialised Ray, e.g. a test's, is used as is and left running). ``times``
+    gets the seconds of ``ray_start`` and ``ray_shutdown``."""
     import ray
 
-    started = _init_ray(options)
+    times = times if times is not None else StepTimes()
+    with times.step("ray_start"):
+        started = _init_ray(options)
     try:
         yield
     finally:
         if started:
-            ray.shutdown()
+            with times.step("ray_shutdown"):
+                ray.shutdown()
 
 
 def _alive_nodes() -> list[dict[str, Any]]:

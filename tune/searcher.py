@@ -132,8 +132,17 @@ class StudySearcher(Searcher):
 
     # --- results ------------------------------------------------------------------------------
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self.inner_id:
+        if trial_id not in self.inner_id:
+            return
+        from optuna.exceptions import UpdateFinishedTrialError
+
+        try:
             self.searcher.on_trial_result(self.inner_id[trial_id], result)
+        except UpdateFinishedTrialError as exc:
+            # After a killed driver, --resume replays a trial whose Optuna trial the old
+            # driver had already finished in optuna.db (after Ray's last snapshot): Optuna
+            # refuses the intermediate value, and the trial's own result stands as it is.
+            _log.debug("Optuna refused a result of trial %s: %s", trial_id, exc)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False

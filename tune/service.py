@@ -7,7 +7,8 @@
    (``--resume``/``--overwrite``), a resumed one must match the study file it started from;
 3. start a local Ray runtime or join a cluster, and check that some node can ever run a trial
    (:mod:`tune.runtime`);
-4. open the MLflow study run (:class:`tracking.runs.StudyTracker`);
+4. open the MLflow study run (:class:`tracking.runs.StudyTracker`; MLflow's imports and a new
+   store's schema are prepared in a thread while Ray starts, :mod:`tune.warmup`);
 5. the dense model, pretrained once per study or given (:mod:`tune.dense`);
 6. ``Tuner.fit()``, or ``Tuner.restore(...).fit()`` with ``--resume`` (:mod:`tune.tuner`):
    Optuna proposes, ASHA stops, every trial logs to its own nested MLflow run;
@@ -22,15 +23,18 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from typing import IO, TYPE_CHECKING, Any
 
 from tune.console import best_effort, warn
 from tune.options import LaunchOptions, StudyOutcome
 from tune.storage import check_storage, is_complete
 from tune.study import Study, StudyError
+from tune.timings import StepTimes, process_start_time
 
 if TYPE_CHECKING:
     from tune.results import TrialRow
+    from tune.warmup import StoreWarmup
 
 __all__ = ["LaunchOptions", "StudyOutcome", "run_study"]
 
@@ -44,6 +48,8 @@ class _Launch:
     tracking_uri: str
     out: IO[str]
     err: IO[str]
+    times: StepTimes = dataclasses.field(default_factory=StepTimes)
+    """Seconds of each step, for ``summary.json``'s ``timings`` (:mod:`tune.timings`)."""
 
 
 def run_study(
@@ -59,19 +65,44 @@ def run_study(
     code 0 when every trial ended well, 1 when some trial failed, 130 when interrupted.
     """
     from tune.runtime import ray_runtime
+    from tune.warmup import StoreWarmup
 
     options = options or LaunchOptions()
     # With a checkpoint per epoch, Tune snapshots the experiment often; that is wanted (resume
     # loses nothing) and cheap here, so its "excessive snapshots" warning is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's per-result loggers: only the JSON one, which the run config names (tune.tuner).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     launch = _Launch(
         study, options, _tracking_uri(study, options), out or sys.stdout, err or sys.stderr
     )
-    check_storage(study, launch.tracking_uri, resume=options.resume, overwrite=options.overwrite)
-    if not (options.resume or options.overwrite) and is_complete(study, launch.tracking_uri):
+    # The interpreter's start and the imports before this line.
+    launch.times.since("start_to_service", process_start_time())
+    with launch.times.step("storage_checks"):
+        check_storage(
+            study, launch.tracking_uri, resume=options.resume, overwrite=options.overwrite
+        )
+        complete = is_complete(study, launch.tracking_uri)
+    if not (options.resume or options.overwrite) and complete:
         return _show_complete(study, launch.out)
-    with ray_runtime(options):
-        return _run_tracked(launch)
+    # MLflow's imports and a new store's schema, in a thread while Ray starts (tune.warmup).
+    warmup = StoreWarmup(launch.tracking_uri)
+    try:
+        with ray_runtime(options, launch.times):
+            outcome = _run_tracked(launch, warmup)
+    finally:
+        warmup.discard()
+    if outcome.summary.get("timings") is not None:
+        outcome.summary["timings"] = _final_timings(launch)
+    return outcome
+
+
+def _final_timings(launch: _Launch) -> dict[str, float]:
+    """The last steps (the study run's records, Ray's shutdown) join ``summary.json``."""
+    from tune.summary import update_timings
+
+    launch.times.since("total", process_start_time())
+    return update_timings(launch.study, launch.times)
 
 
 def _tracking_uri(study: Study, options: LaunchOptions) -> str:
@@ -100,7 +131,7 @@ def _show_complete(study: Study, out: IO[str]) -> StudyOutcome:
     return StudyOutcome(0, summary)
 
 
-def _run_tracked(launch: _Launch) -> StudyOutcome:
+def _run_tracked(launch: _Launch, warmup: StoreWarmup) -> StudyOutcome:
     """Steps 3-7 with the study run open; it ends KILLED on an interrupt, FAILED on a crash."""
     from tune.runtime import check_cluster
     from tune.storage import delete_study
@@ -113,8 +144,10 @@ def _run_tracked(launch: _Launch) -> StudyOutcome:
         if options.overwrite:
             delete_study(study, launch.tracking_uri, launch.out)
         study.storage_root.mkdir(parents=True, exist_ok=True)
-        tracker = _study_tracker(study, launch.tracking_uri)
-        _start(tracker)
+        with launch.times.step("mlflow_study_run"):
+            warmup.install()
+            tracker = _study_tracker(study, launch.tracking_uri)
+            _start(tracker)
         return _search(launch, tracker)
     except KeyboardInterrupt:
         if tracker is not None and tracker.parent_run_id:
@@ -185,35 +218,35 @@ def _search(launch: _Launch, tracker: Any) -> StudyOutcome:
     from tune.results import read_trial_rows
     from tune.tuner import build_tuner, fit, trial_param_space
 
-    study = launch.study
+    study, times = launch.study, launch.times
     restore = launch.options.resume and tune.Tuner.can_restore(str(study.experiment_dir))
     _record_start(launch, tracker, restore)
-    dense = prepare_dense(study, tracker, launch.out)
-    param_space = trial_param_space(study, dense, tracker.trial_context())
+    with times.step("dense_model"):
+        dense = prepare_dense(study, tracker, launch.out)
     if restore:
         print(
             f"resuming study {study.name} from {study.experiment_dir}", file=launch.out, flush=True
         )
-    tuner = build_tuner(study, param_space, restore=restore, verbose=launch.options.verbose)
-    results, wall = fit(tuner)
-    rows = read_trial_rows(study, results.experiment_path)
-    return _conclude(launch, tracker, rows, wall)
+    with times.step("tuner_build"):
+        param_space = trial_param_space(study, dense, tracker.trial_context())
+        tuner = build_tuner(study, param_space, restore=restore, verbose=launch.options.verbose)
+    fit_start = time.time()
+    with times.step("fit"):
+        results, wall = fit(tuner)
+    with times.step("results"):
+        rows = read_trial_rows(study, results.experiment_path)
+    return _conclude(launch, tracker, rows, wall, fit_start)
 
 
-def _conclude(launch: _Launch, tracker: Any, rows: list[TrialRow], wall: float) -> StudyOutcome:
+def _conclude(
+    launch: _Launch, tracker: Any, rows: list[TrialRow], wall: float, fit_start: float
+) -> StudyOutcome:
     """Step 7: an interrupted search says how to resume; a finished one is summarised."""
-    from tune.evaluation import evaluate_best_trial
     from tune.reconcile import close_dangling_runs, fail_orphan_optuna_trials
-    from tune.results import best_trial, count_text, error_text, unfinished
-    from tune.summary import (
-        build_summary,
-        format_trials_table,
-        print_summary,
-        record_summary,
-        write_summary,
-    )
+    from tune.results import count_text, error_text, unfinished
+    from tune.summary import format_trials_table
 
-    study, options, out, err = launch.study, launch.options, launch.out, launch.err
+    study, out, err = launch.study, launch.out, launch.err
     print("", file=out)
     print(format_trials_table(study, rows), file=out)
     if unfinished(rows):
@@ -221,21 +254,60 @@ def _conclude(launch: _Launch, tracker: Any, rows: list[TrialRow], wall: float) 
         print(f"\nstudy interrupted; continue it with `s2ap tune --resume {here}`", file=err)
         tracker.finish("KILLED")
         return StudyOutcome(130, {"counts": count_text(rows), "trials": rows})
-    fail_orphan_optuna_trials(study)
-    close_dangling_runs(tracker, rows)
+    with launch.times.step("results"):
+        fail_orphan_optuna_trials(study)
+        close_dangling_runs(tracker, rows)
     failed = [r for r in rows if r["state"] == "ERROR"]
     for r in failed:
         print(f"trial {r['trial_id']} failed: {error_text(r['error'])}", file=err)
-    best = best_trial(study, rows)
-    run_eval = study.settings.test_eval.enabled if options.test_eval is None else options.test_eval
-    test = None
-    if best is not None and run_eval:
-        test = evaluate_best_trial(study, best, tracker.trial_context(), out)
-    summary = build_summary(
-        study, tracking_uri=launch.tracking_uri, rows=rows, fit_wall_s=wall, best=best, test=test
-    )
-    write_summary(study, summary)
-    record_summary(tracker, study, summary)
-    print_summary(study, summary, out)
+    summary = _summarise(launch, tracker, rows, wall, fit_start)
     tracker.finish("FAILED" if failed else "FINISHED")
     return StudyOutcome(1 if failed else 0, summary)
+
+
+def _test_numbers(launch: _Launch, tracker: Any, best: TrialRow | None) -> dict[str, Any] | None:
+    """The best trial's test numbers, unless the test evaluation is off."""
+    from tune.evaluation import evaluate_best_trial
+    from tune.runtime import is_local
+
+    options, settings = launch.options, launch.study.settings
+    run_eval = settings.test_eval.enabled if options.test_eval is None else options.test_eval
+    if best is None or not run_eval:
+        return None
+    with launch.times.step("test_evaluation"):
+        return evaluate_best_trial(
+            launch.study,
+            dict(best),
+            tracker.trial_context(),
+            launch.out,
+            in_driver=is_local(options.address),
+        )
+
+
+def _summarise(
+    launch: _Launch, tracker: Any, rows: list[TrialRow], wall: float, fit_start: float
+) -> dict[str, Any]:
+    """The best trial, its test numbers, ``summary.json`` (with the ``timings`` so far), the
+    study run's records, the printout."""
+    from tune.results import best_trial
+    from tune.summary import build_summary, print_summary, record_summary, write_summary
+    from tune.timings import study_timings
+
+    study, times = launch.study, launch.times
+    best = best_trial(study, rows)
+    test = _test_numbers(launch, tracker, best)
+    with times.step("summary"):
+        summary = build_summary(
+            study,
+            tracking_uri=launch.tracking_uri,
+            rows=rows,
+            fit_wall_s=wall,
+            best=best,
+            test=test,
+        )
+        summary["timings"] = study_timings(times, study.experiment_dir, fit_start)
+        write_summary(study, summary)
+    with times.step("study_run_records"):
+        record_summary(tracker, study, summary)
+        print_summary(study, summary, launch.out)
+    return summary

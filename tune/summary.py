@@ -7,6 +7,8 @@ study and every trial's row; ``s2ap tune`` on a complete study prints it again.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import IO, Any
 
 from tune.console import best_effort
@@ -19,6 +21,7 @@ __all__ = [
     "format_trials_table",
     "print_summary",
     "record_summary",
+    "update_timings",
     "write_summary",
 ]
 
@@ -86,6 +89,17 @@ def build_summary(
 
 def write_summary(study: Study, summary: dict[str, Any]) -> None:
     write_json(study.summary_json, summary)
+
+
+def update_timings(study: Study, steps: Mapping[str, float]) -> dict[str, float]:
+    """Add the steps that ran after ``summary.json`` was written (the study run's records,
+    Ray's shutdown) to its ``timings`` section; returns the section. (The copy logged to the
+    study run is the one written first, without them.)"""
+    summary = json.loads(study.summary_json.read_text())
+    timings = {**summary.get("timings", {}), **{k: round(v, 4) for k, v in steps.items()}}
+    summary["timings"] = timings
+    write_json(study.summary_json, summary)
+    return timings
 
 
 def record_summary(tracker: Any, study: Study, summary: dict[str, Any]) -> None:

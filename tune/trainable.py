@@ -30,12 +30,14 @@ from tune.context import TrialContext, baseline_name, sampled_values, trial_run_
 from tune.device import trial_device
 from tune.evaluation import evaluate_pipelines
 from tune.pipelines import (
+    SelectedMasks,
     build_pipelines,
     merge_records,
     seed_mask_header,
     selected_masks_and_weights,
 )
 from tune.recorder import TrialRecorder, trial_params, trial_tags
+from tune.timings import TIMING_KEY, StepTimes, process_start_time
 
 __all__ = ["PRUNE_METRICS", "S2APTrainable"]
 
@@ -54,12 +56,16 @@ class S2APTrainable(tune.Trainable):
     def setup(self, config: dict[str, Any]) -> None:
         # One INFO line per epoch checkpoint, forwarded to the driver: noise in a study's output.
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-        self._start(config)
+        times = StepTimes()
+        # The worker's own start-up and the imports that unpickling this class paid.
+        times.since("worker_start", process_start_time())
+        self._start(config, times)
 
     # --- construction -------------------------------------------------------------------------
-    def _start(self, config: dict[str, Any]) -> None:
+    def _start(self, config: dict[str, Any], times: StepTimes) -> None:
         """Build the trial's pipelines, then open its MLflow run (only to record the failure
-        when building fails, so that the run shows FAILED with the reason)."""
+        when building fails, so that the run shows FAILED with the reason). ``times`` gets the
+        seconds of each set-up step; the first result reports them."""
         self._recorder = TrialRecorder()  # records nothing until the pipelines exist
         self.pipelines: list[Pipeline] = []
         self._trial_start_time = time.time()
@@ -73,6 +79,8 @@ class S2APTrainable(tune.Trainable):
         self._logged_prune_end = False
         self._test: dict[str, Any] | None = None
         self._device_info: dict[str, str] = {}
+        self._checkpoint_s = 0.0  # the last save_checkpoint, reported with the next result
+        self._selected_masks = SelectedMasks()
         try:
             device, self._device_info = trial_device(self._ctx.gpu, self._ctx.allow_cpu_fallback)
             self.pipelines = build_pipelines(
@@ -81,12 +89,15 @@ class S2APTrainable(tune.Trainable):
                 phases=self._ctx.phases,
                 device=device,
                 dense_path=self._ctx.dense_path,
+                times=times,
             )
         except BaseException as exc:
             with best_effort("recording the trial's failure in MLflow"):
                 self._open_recorder().finish("FAILED", error=exc)
             raise
-        self._recorder = self._open_recorder()
+        with times.step("mlflow_run"):
+            self._recorder = self._open_recorder()
+        self._setup_times: dict[str, float] | None = dict(times)
 
     def _open_recorder(self) -> TrialRecorder:
         tags = trial_tags(
@@ -119,22 +130,37 @@ class S2APTrainable(tune.Trainable):
             raise
 
     def _epoch(self) -> dict[str, Any]:
+        times = StepTimes()
         in_prune = [p.phase == "prune" for p in self.pipelines]
-        result = merge_records([p.step() for p in self.pipelines], self.pipelines)
+        with times.step("step"):
+            result = merge_records([p.step() for p in self.pipelines], self.pipelines)
         epoch = int(result["epoch"])
-        self._recorder.log_epoch({k: v for k, v in result.items() if k != "done"}, step=epoch)
+        with times.step("log"):
+            self._recorder.log_epoch({k: v for k, v in result.items() if k != "done"}, step=epoch)
+            prune_ended = any(
+                was and p.phase != "prune" for was, p in zip(in_prune, self.pipelines)
+            )
+            if prune_ended and not self._logged_prune_end:
+                self._logged_prune_end = True
+                self._log_masks("prune-end", selected_model=False)
         self._carry_prune_metrics(result)
         result.update(self._device_info)
-        result["trial_start_time"] = self._trial_start_time
-        result["result_time"] = time.time()
-        prune_ended = any(was and p.phase != "prune" for was, p in zip(in_prune, self.pipelines))
-        if prune_ended and not self._logged_prune_end:
-            self._logged_prune_end = True
-            self._log_masks("prune-end", selected_model=False)
         if self.done:
             result["done"] = True
-            self._complete(epoch)
+            with times.step("end"):
+                self._complete(epoch)
+        result["trial_start_time"] = self._trial_start_time
+        result["result_time"] = time.time()
+        result[TIMING_KEY] = self._timing(times)
         return result
+
+    def _timing(self, times: StepTimes) -> dict[str, Any]:
+        """This epoch's :data:`TIMING_KEY` record: its steps, the checkpoint written after the
+        previous epoch, and (first result after a set-up) the set-up's steps."""
+        timing: dict[str, Any] = {**times, "checkpoint_s": self._checkpoint_s}
+        if self._setup_times is not None:
+            timing["setup"], self._setup_times = self._setup_times, None
+        return timing
 
     def _carry_prune_metrics(self, result: dict[str, Any]) -> None:
         """Keep the last prune-epoch values of prune-only metrics in finetune results."""
@@ -178,6 +204,11 @@ class S2APTrainable(tune.Trainable):
                 self._recorder.log_weights(weights, artifact)
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
+        start = time.perf_counter()
+        self._save(checkpoint_dir)
+        self._checkpoint_s = time.perf_counter() - start
+
+    def _save(self, checkpoint_dir: str) -> None:
         state = TrialState(
             seeds=list(self._seeds),
             pipelines=[p.state_dict() for p in self.pipelines],
@@ -198,7 +229,7 @@ class S2APTrainable(tune.Trainable):
         }
         mask = None
         if self.pipelines and self.pipelines[0].masking is not None:
-            masks, _ = selected_masks_and_weights(self.pipelines[0])
+            masks = self._selected_masks(self.pipelines[0])
             mask = (masks, self._mask_header(self._seeds[0], "checkpoint", epoch))
         write_trial_checkpoint(checkpoint_dir, state, info, test=self._test, mask=mask)
 
@@ -212,12 +243,13 @@ class S2APTrainable(tune.Trainable):
             pipeline.load_state_dict(pstate)
         self._last_prune = state.last_prune
         self._logged_prune_end = state.logged_prune_end
+        self._selected_masks.clear()
         self._test = read_test_numbers(checkpoint)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         # The previous trial ended here: completed (already finished) or stopped early.
         self._recorder.finish("FINISHED" if self.done else "KILLED")
-        self._start(new_config)
+        self._start(new_config, StepTimes())
         return True
 
     def cleanup(self) -> None:

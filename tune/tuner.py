@@ -88,13 +88,20 @@ def _tune_config(study: Study) -> Any:
 
 
 def _run_config(study: Study, verbose: int) -> Any:
-    """Where the experiment lives, how trials checkpoint, how often a failed trial retries."""
+    """Where the experiment lives, how trials checkpoint, how often a failed trial retries.
+
+    Of Tune's per-result loggers only the JSON one (``result.json``, every result of a trial):
+    MLflow is the study's record, and the CSV and TensorBoard files cost the driver work on
+    every epoch of every trial (``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS``, set by the service).
+    """
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     settings = study.settings
     return tune.RunConfig(
         name=study.name,
         storage_path=str(study.storage_root),
+        callbacks=[JsonLoggerCallback()],
         checkpoint_config=tune.CheckpointConfig(
             num_to_keep=settings.checkpoint.num_to_keep,
             checkpoint_frequency=settings.checkpoint.frequency,
