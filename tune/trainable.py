@@ -63,10 +63,11 @@ class S2APTrainable(tune.Trainable):
 
     # --- construction -------------------------------------------------------------------------
     def _start(self, config: dict[str, Any], times: StepTimes) -> None:
-        """Build the trial's pipelines, then open its MLflow run (only to record the failure
-        when building fails, so that the run shows FAILED with the reason). ``times`` gets the
-        seconds of each set-up step; the first result reports them."""
-        self._recorder = TrialRecorder()  # records nothing until the pipelines exist
+        """Build the trial's pipelines (opening its MLflow run only to record a failure here,
+        so that the run shows FAILED with the reason). ``times`` gets the seconds of each
+        set-up step; the first result reports them."""
+        self._recorder = TrialRecorder()  # records nothing until the first step opens the run
+        self._recorder_open = False
         self.pipelines: list[Pipeline] = []
         self._trial_start_time = time.time()
         self._ctx = TrialContext.from_config(config)
@@ -95,9 +96,19 @@ class S2APTrainable(tune.Trainable):
             with best_effort("recording the trial's failure in MLflow"):
                 self._open_recorder().finish("FAILED", error=exc)
             raise
-        with times.step("mlflow_run"):
-            self._recorder = self._open_recorder()
         self._setup_times: dict[str, float] | None = dict(times)
+
+    def _ensure_recorder(self) -> None:
+        """Open the trial's MLflow run at its first step, not at set-up: Ray may build an actor
+        for a trial and drop it unused (another, reused actor took the trial), and a dropped
+        actor must not reopen, re-tag or close a run that another process is writing."""
+        if self._recorder_open:
+            return
+        start = time.perf_counter()
+        self._recorder = self._open_recorder()
+        self._recorder_open = True
+        if self._setup_times is not None:
+            self._setup_times["mlflow_run_s"] = time.perf_counter() - start
 
     def _open_recorder(self) -> TrialRecorder:
         tags = trial_tags(
@@ -118,6 +129,7 @@ class S2APTrainable(tune.Trainable):
         return bool(self.pipelines) and all(p.done for p in self.pipelines)
 
     def step(self) -> dict[str, Any]:
+        self._ensure_recorder()
         if self.done:
             # Restored from the final checkpoint of a finished trial (its end was not in the
             # experiment snapshot of a killed driver): nothing left to run; its run is closed.
@@ -247,7 +259,8 @@ class S2APTrainable(tune.Trainable):
         self._test = read_test_numbers(checkpoint)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
-        # The previous trial ended here: completed (already finished) or stopped early.
+        # The previous trial ended here: completed (already finished) or stopped early. (A
+        # trial this actor never stepped has no open run here: the recorder does nothing.)
         self._recorder.finish("FINISHED" if self.done else "KILLED")
         self._start(new_config, StepTimes())
         return True
