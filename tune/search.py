@@ -16,6 +16,7 @@ are compared at every rung but never stopped: a baseline stopped early has no fi
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -102,6 +103,9 @@ def make_sampler(cfg: SearcherConfig, space: SearchSpace) -> Any:
     startup = {} if cfg.n_startup_trials is None else {"n_startup_trials": cfg.n_startup_trials}
     quiet = {"warn_independent_sampling": False}
     group = cfg.multivariate and space.has_branches
+    # TPE's ``group`` and QMC are marked experimental in Optuna 5; the warning is noise in a
+    # study's output (the choice is documented here, not the user's).
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     factories: dict[str, Callable[[], Any]] = {
         "tpe": lambda: s.TPESampler(**seed, **startup, multivariate=cfg.multivariate, group=group),
         "gp": lambda: s.GPSampler(**seed, **startup),
