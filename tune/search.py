@@ -103,9 +103,6 @@ def make_sampler(cfg: SearcherConfig, space: SearchSpace) -> Any:
     startup = {} if cfg.n_startup_trials is None else {"n_startup_trials": cfg.n_startup_trials}
     quiet = {"warn_independent_sampling": False}
     group = cfg.multivariate and space.has_branches
-    # TPE's ``group`` and QMC are marked experimental in Optuna 5; the warning is noise in a
-    # study's output (the choice is documented here, not the user's).
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     factories: dict[str, Callable[[], Any]] = {
         "tpe": lambda: s.TPESampler(**seed, **startup, multivariate=cfg.multivariate, group=group),
         "gp": lambda: s.GPSampler(**seed, **startup),
@@ -115,7 +112,11 @@ def make_sampler(cfg: SearcherConfig, space: SearchSpace) -> Any:
         "qmc": lambda: s.QMCSampler(**seed, **quiet),
         "grid": lambda: s.RandomSampler(**seed),
     }
-    return factories[cfg.kind]()
+    # TPE's ``group`` and QMC are marked experimental in Optuna 5: noise in a study's output
+    # (the choice is made here, not by the user).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return factories[cfg.kind]()
 
 
 def check_searcher(
