@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	# torch and its CUDA wheels come from the local wheel cache (pip, not uv: see DESIGN.md).
+	# torch and its CUDA wheels come from the local wheel cache (pip, not uv: see docs/CONTRIBUTING.md).
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 

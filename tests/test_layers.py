@@ -8,8 +8,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 FORBIDDEN = {
-    "s2ap": {"ray", "mlflow", "optuna", "tune", "tracking"},
-    "tracking": {"ray", "tune"},
+    "s2ap": {"ray", "mlflow", "optuna", "tune", "tracking", "tests"},
+    "tracking": {"ray", "tune", "tests"},
+    "tune": {"tests"},  # test support code (tests/support) never ships
 }
 
 

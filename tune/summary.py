@@ -39,7 +39,7 @@ def format_trials_table(study: Study, rows: list[TrialRow]) -> str:
     keys = study.space.keys
     objectives = [o.metric for o in study.settings.objectives]
     metric_cols = list(dict.fromkeys([*objectives, "best_val_robust_acc", "sparsity"]))
-    table = [["trial", "state", "epochs", "baseline", *keys, *metric_cols]]
+    table = [["trial", "state", "epochs", "retries", "baseline", *keys, *metric_cols]]
     for r in rows:
         stopped = r["state"] == "TERMINATED" and not r["completed"]
         table.append(
@@ -47,6 +47,7 @@ def format_trials_table(study: Study, rows: list[TrialRow]) -> str:
                 r["trial_id"],
                 r["state"] + (" (stopped)" if stopped else ""),
                 str(r["epochs"]),
+                str(r.get("retries", 0)),
                 r.get("baseline") or "-",
                 *[_fmt(r["config"].get(k)) for k in keys],
                 *[_fmt(r["metrics"].get(c)) for c in metric_cols],

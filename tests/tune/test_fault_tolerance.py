@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.support.processes import kill_leftovers
 from tests.tune.conftest import S2AP, run_cli, short_tmp, write_study
-from tests.tune.test_resume import _kill_leftovers
 from tests.tune.test_trainable import _config
 from tune.context import CONTEXT_KEY
 from tune.study import Study, load_study
@@ -128,7 +128,7 @@ def test_a_killed_worker_costs_at_most_one_epoch(tmp_path: Path) -> None:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-        _kill_leftovers([], temp, timeout=10)
+        kill_leftovers([], temp, timeout=10)
         shutil.rmtree(temp, ignore_errors=True)
     assert proc.returncode == 0, output.decode()[-3000:]
 

@@ -4,7 +4,6 @@ Optuna nor MLflow has duplicated trials."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -12,13 +11,13 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from tests.support.processes import descendants, kill_leftovers
 from tests.tune.conftest import S2AP, run_cli, short_tmp, write_study
 from tune.study import load_study
 
@@ -51,57 +50,6 @@ def _baseline_trials(finished: dict[str, bytes]) -> list[str]:
         for trial_id, data in finished.items()
         if json.loads(data)["run_config"]["prune"]["perturbation"] == "none"
     ]
-
-
-def _psutil() -> Any:
-    """psutil: Ray vendors it in ray/thirdparty_files, which ``import ray`` puts on sys.path."""
-    import ray  # noqa: F401
-
-    return importlib.import_module("psutil")
-
-
-def _descendants(pid: int) -> list:
-    """The processes started under ``pid`` (Ray's GCS, raylet, workers of that driver)."""
-    psutil = _psutil()
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def _kill_leftovers(procs: list, temp_dir: str, timeout: float = 30.0) -> None:
-    """Wait for the given processes (and any naming ``temp_dir``) to exit; SIGKILL stragglers.
-
-    Only processes this test started are touched: the recorded descendants of its driver and
-    processes whose command line names its own Ray temp dir.
-    """
-    psutil = _psutil()
-
-    def alive() -> list:
-        found = {p.pid: p for p in procs}
-        for p in psutil.process_iter(["pid", "cmdline"]):
-            try:
-                if temp_dir in " ".join(p.info["cmdline"] or []):
-                    found[p.pid] = p
-            except (psutil.Error, TypeError):
-                continue
-        out = []
-        for p in found.values():
-            try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(p)
-            except psutil.Error:
-                continue
-        return out
-
-    deadline = time.monotonic() + timeout
-    while (left := alive()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for p in left:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
 
 
 def test_kill_and_resume(tmp_path: Path) -> None:
@@ -141,14 +89,14 @@ def test_kill_and_resume(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert proc.poll() is None, "the study ended before it could be interrupted"
         assert len(finished) >= 2, "no trial finished in time"
-        started = _descendants(proc.pid)
+        started = descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-        _kill_leftovers(started, temp1)
+        kill_leftovers(started, temp1)
         shutil.rmtree(temp1, ignore_errors=True)
     # Re-read after the kill: a trial may have finished between the poll and the kill.
     finished = _finished_trials(study.experiment_dir)
@@ -174,7 +122,7 @@ def test_kill_and_resume(tmp_path: Path) -> None:
             timeout=420,
         )
     finally:
-        _kill_leftovers([], temp2, timeout=10)
+        kill_leftovers([], temp2, timeout=10)
         shutil.rmtree(temp2, ignore_errors=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "resuming study" in res.stdout
