@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
-import torchattacks
 from torch import Tensor, nn
 
 from s2ap.masking import effective_weights
+
+if TYPE_CHECKING:
+    import torchattacks
 
 __all__ = [
     "OBJECTIVES",
@@ -42,6 +44,10 @@ class AttackSettings:
 
 def pgd_attack(model: nn.Module, settings: AttackSettings) -> torchattacks.PGD:
     """A torchattacks PGD bound to ``model``; build it after moving the model to its device."""
+    # Imported here: the package imports all its attacks, scipy.stats with them (~1 s), and a
+    # process that only reads configs, masks or results never attacks.
+    import torchattacks
+
     return torchattacks.PGD(
         model,
         eps=settings.eps,

@@ -83,5 +83,8 @@ class Compute:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         if self.compile:
+            from s2ap.masking import select_weights_eagerly
+
+            select_weights_eagerly()
             model.compile(backend=self.compile_backend)
         return model

@@ -140,11 +140,11 @@ class MaskedLayer(nn.Module):
             return self._mask_float is None or self._mask_float.device != self.weight.device
         return self._mask_key != self._scores_key()
 
-    # Eager under torch.compile: the cache checks (version counters, data pointers) are Python
-    # state dynamo would guard on or break at anyway; the graph breaks here, once per layer.
-    @torch.compiler.disable
     def masked_weight(self) -> Tensor:
-        """The weight the forward pass uses (with the straight-through path when scores train)."""
+        """The weight the forward pass uses (with the straight-through path when scores train).
+
+        Eager under ``torch.compile`` (:func:`select_weights_eagerly`).
+        """
         if self._stale():
             if self._masking is None:
                 raise RuntimeError("masked layer is not attached to a ScoreMasking")
@@ -213,6 +213,23 @@ def effective_weights() -> contextlib.AbstractContextManager:
     the straight-through path to the scores (and its backward) is wasted work there.
     """
     return _EffectiveOnly()
+
+
+def select_weights_eagerly() -> None:
+    """Keep :meth:`MaskedLayer.masked_weight` eager under ``torch.compile`` (idempotent).
+
+    Its cache checks (version counters, data pointers) are Python state dynamo would guard on
+    or break at anyway; the graph breaks there, once per layer. Applied when a model is first
+    compiled (:meth:`s2ap.compute.Compute.prepare`), not as a decorator at import:
+    ``torch.compiler.disable`` imports ``torch._dynamo`` (~1.5 s), which an eager run never needs.
+    """
+    global _weights_selected_eagerly
+    if not _weights_selected_eagerly:
+        MaskedLayer.masked_weight = torch.compiler.disable(MaskedLayer.masked_weight)
+        _weights_selected_eagerly = True
+
+
+_weights_selected_eagerly = False
 
 
 class MaskedConv2d(nn.Conv2d, MaskedLayer):

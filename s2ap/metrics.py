@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
-import torchattacks
 from torch import Tensor, nn
 
 from s2ap.adversarial import AttackSettings, pgd_attack
@@ -84,6 +83,8 @@ def autoattack_accuracy(
     batch_size: int = 256,
 ) -> float:
     """Robust accuracy under AutoAttack (standard, L-inf) on the given examples, fixed seed."""
+    import torchattacks  # on use, like s2ap.adversarial.pgd_attack
+
     was_training = model.training
     model.eval()
     attack = torchattacks.AutoAttack(

@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow.entities import ViewType
-from mlflow.tracking import MlflowClient
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 __all__ = [
     "EXPERIMENT_TAGS",
@@ -155,6 +155,10 @@ def make_client(tracking_uri: str, *, read_only: bool = False) -> MlflowClient:
         )
     if db is not None and not read_only:
         db.parent.mkdir(parents=True, exist_ok=True)
+    # MLflow is imported by the first client, not with this module: the URI checks above and
+    # the tag names are used where MLflow's import (~1 s) is not wanted yet (a launch's checks).
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(tracking_uri=tracking_uri)
 
 
@@ -242,6 +246,8 @@ def search_all_runs(
     order_by: list[str] | None = None,
 ) -> Iterator[Any]:
     """Every active run matching ``filter_string``, page by page (MLflow pages at 1000)."""
+    from mlflow.entities import ViewType
+
     token = None
     while True:
         page = client.search_runs(

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -139,20 +140,6 @@ def test_kill_and_resume(tmp_path: Path) -> None:
     for trial_id, data in finished.items():
         assert after[trial_id] == data, f"trial {trial_id} was rerun"
 
-    # Optuna: one finished trial per Tune trial, none left running, no duplicates.
-    ostudy = optuna.load_study(study_name=study.name, storage=study.optuna_url)
-    states = [t.state for t in ostudy.trials]
-    assert optuna.trial.TrialState.RUNNING not in states
-    done = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(done) == 4
-    tune_configs = sorted(
-        tuple(sorted((k, v) for k, v in t.config.items() if k in study.space.params))
-        for t in trials
-        if not t.config.get("baseline")  # baselines never reach Optuna
-    )
-    optuna_configs = sorted(tuple(sorted(t.params.items())) for t in done)
-    assert tune_configs == optuna_configs
-
     # MLflow: exactly one run per trial id (found again by its tag after the restore).
     summary = json.loads(study.summary_json.read_text())
     client = MlflowClient(summary["tracking_uri"])
@@ -167,5 +154,23 @@ def test_kill_and_resume(tmp_path: Path) -> None:
     # experiment (Tune samples a replacement): its run is closed as an orphan, not a result.
     orphans = [r for r in runs if r.data.tags.get("s2ap.outcome") == "orphaned"]
     assert all(r.info.status == "KILLED" for r in orphans)
+    # Optuna: one finished trial per Tune trial, none left running. The one exception is an
+    # orphan that *finished* in the killed driver after its last snapshot: a real measurement,
+    # so Optuna keeps it; it is the only kind of extra finished trial allowed.
+    ostudy = optuna.load_study(study_name=study.name, storage=study.optuna_url)
+    states = [t.state for t in ostudy.trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+    done = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    tune_configs = Counter(
+        tuple(sorted((k, v) for k, v in t.config.items() if k in study.space.params))
+        for t in trials
+        if not t.config.get("baseline")  # baselines never reach Optuna
+    )
+    optuna_configs = Counter(tuple(sorted(t.params.items())) for t in done)
+    assert not tune_configs - optuna_configs, "a Tune trial has no finished Optuna trial"
+    extra = len(done) - 4
+    finished_orphans = [r for r in orphans if r.data.tags["s2ap.trial_id"] in finished]
+    assert 0 <= extra <= len(finished_orphans), (extra, [t.params for t in done])
+
     parents = client.search_runs([exp.experiment_id], "tags.`s2ap.role` = 'study'")
     assert len(parents) == 1
