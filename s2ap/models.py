@@ -16,19 +16,39 @@ sparsities are comparable with the papers.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from s2ap.registry import Registry
+
 __all__ = [
+    "InputSpec",
     "Normalize",
     "create_model",
     "list_models",
     "register_model",
 ]
 
-ModelBuilder = Callable[..., nn.Module]
-_MODELS: dict[str, ModelBuilder] = {}
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model is built for: the data's classes, channels, image size and normalisation.
+
+    ``mean`` and ``std`` have one entry per input channel (the dataset provides them); checked
+    once by :func:`create_model`, so builders take them as given.
+    """
+
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+ModelBuilder = Callable[[InputSpec], nn.Module]
+_MODELS: Registry[ModelBuilder] = Registry("model")
 
 
 class Normalize(nn.Module):
@@ -67,23 +87,15 @@ class Normalize(nn.Module):
 def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator that adds a model builder to the registry under ``name``.
 
-    A builder takes the keyword arguments ``num_classes``, ``in_channels``, ``image_size``, ``mean``
-    and ``std`` (it may ignore the ones it does not need) and returns an ``nn.Module`` whose first
-    layer is a :class:`Normalize`.
+    A builder takes an :class:`InputSpec` (it may ignore the fields it does not need) and
+    returns an ``nn.Module`` whose first layer is a :class:`Normalize`.
     """
-
-    def decorator(builder: ModelBuilder) -> ModelBuilder:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is already registered")
-        _MODELS[name] = builder
-        return builder
-
-    return decorator
+    return _MODELS.register(name)
 
 
 def list_models() -> list[str]:
     """Names of all registered architectures, sorted."""
-    return sorted(_MODELS)
+    return _MODELS.names()
 
 
 def create_model(
@@ -100,8 +112,7 @@ def create_model(
     ``mean`` and ``std`` must have one entry per input channel (the dataset provides them).
     Raises ``ValueError`` for an unknown name (listing the registered ones) or inconsistent shapes.
     """
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
+    builder = _MODELS.get(name)
     if num_classes < 1 or in_channels < 1 or image_size < 1:
         raise ValueError(
             f"model {name!r} needs num_classes, in_channels and image_size >= 1, got "
@@ -112,13 +123,7 @@ def create_model(
             f"model {name!r}: mean and std need one value per input channel "
             f"(in_channels={in_channels}), got mean={list(mean)}, std={list(std)}"
         )
-    return _MODELS[name](
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-        mean=tuple(mean),
-        std=tuple(std),
-    )
+    return builder(InputSpec(num_classes, in_channels, image_size, tuple(mean), tuple(std)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,18 +156,10 @@ class _BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet with BasicBlocks for small images (the CIFAR variant used by HYDRA and HARP)."""
 
-    def __init__(
-        self,
-        num_blocks: Sequence[int],
-        *,
-        num_classes: int,
-        in_channels: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-    ) -> None:
+    def __init__(self, num_blocks: Sequence[int], spec: InputSpec) -> None:
         super().__init__()
-        self.normalize = Normalize(mean, std)
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        self.normalize = Normalize(spec.mean, spec.std)
+        self.conv1 = nn.Conv2d(spec.in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         layers: list[nn.Module] = []
@@ -177,7 +174,7 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         # Adaptive pooling equals the original avg_pool2d(4) at 32x32 and tolerates other sizes.
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.linear = nn.Linear(512, num_classes)
+        self.linear = nn.Linear(512, spec.num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(self.normalize(x))))
@@ -186,13 +183,9 @@ class CifarResNet(nn.Module):
 
 
 @register_model("resnet18")
-def resnet18(
-    *, num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float], **_: object
-) -> nn.Module:
+def resnet18(spec: InputSpec) -> nn.Module:
     """CIFAR ResNet-18 (11.17M parameters for 10 classes), for 32x32 inputs."""
-    return CifarResNet(
-        (2, 2, 2, 2), num_classes=num_classes, in_channels=in_channels, mean=mean, std=std
-    )
+    return CifarResNet((2, 2, 2, 2), spec)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,19 +199,11 @@ _VGG16_CFG: tuple[int | str, ...] = (
 class CifarVGG(nn.Module):
     """VGG with batch norm for 32x32 inputs (the five max-pools leave a 1x1 map of 512 channels)."""
 
-    def __init__(
-        self,
-        cfg: Sequence[int | str],
-        *,
-        num_classes: int,
-        in_channels: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-    ) -> None:
+    def __init__(self, cfg: Sequence[int | str], spec: InputSpec) -> None:
         super().__init__()
-        self.normalize = Normalize(mean, std)
+        self.normalize = Normalize(spec.mean, spec.std)
         layers: list[nn.Module] = []
-        channels = in_channels
+        channels = spec.in_channels
         for v in cfg:
             if v == "M":
                 layers.append(nn.MaxPool2d(2, 2))
@@ -232,7 +217,7 @@ class CifarVGG(nn.Module):
                 channels = v
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(channels, num_classes)
+        self.classifier = nn.Linear(channels, spec.num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.features(self.normalize(x))
@@ -240,13 +225,9 @@ class CifarVGG(nn.Module):
 
 
 @register_model("vgg16_bn")
-def vgg16_bn(
-    *, num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float], **_: object
-) -> nn.Module:
+def vgg16_bn(spec: InputSpec) -> nn.Module:
     """CIFAR VGG-16 with batch norm, for 32x32 inputs."""
-    return CifarVGG(
-        _VGG16_CFG, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std
-    )
+    return CifarVGG(_VGG16_CFG, spec)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,23 +260,14 @@ class _WideBasic(nn.Module):
 class WideResNet(nn.Module):
     """WideResNet-``depth``-``widen_factor`` for 32x32 inputs (RobustBench definition)."""
 
-    def __init__(
-        self,
-        depth: int,
-        widen_factor: int,
-        *,
-        num_classes: int,
-        in_channels: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-    ) -> None:
+    def __init__(self, depth: int, widen_factor: int, spec: InputSpec) -> None:
         super().__init__()
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
         widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-        self.normalize = Normalize(mean, std)
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
+        self.normalize = Normalize(spec.mean, spec.std)
+        self.conv1 = nn.Conv2d(spec.in_channels, widths[0], 3, stride=1, padding=1, bias=False)
         blocks = []
         for i, stride in enumerate((1, 2, 2)):
             stage = [
@@ -309,7 +281,7 @@ class WideResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(widths[3], num_classes)
+        self.fc = nn.Linear(widths[3], spec.num_classes)
         # RobustBench initialisation (He-normal, fan-out), so results match published WRNs.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -328,11 +300,9 @@ class WideResNet(nn.Module):
 
 
 @register_model("wrn_28_4")
-def wrn_28_4(
-    *, num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float], **_: object
-) -> nn.Module:
+def wrn_28_4(spec: InputSpec) -> nn.Module:
     """WideResNet-28-4 (5.85M parameters for 10 classes), for 32x32 inputs."""
-    return WideResNet(28, 4, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)
+    return WideResNet(28, 4, spec)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,17 +319,14 @@ class SmallCNN(nn.Module):
 
     def __init__(
         self,
+        spec: InputSpec,
         *,
-        num_classes: int,
-        in_channels: int,
-        mean: Sequence[float],
-        std: Sequence[float],
         hidden: int = 128,
     ) -> None:
         super().__init__()
-        self.normalize = Normalize(mean, std)
+        self.normalize = Normalize(spec.mean, spec.std)
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 3, padding=1, bias=False),
+            nn.Conv2d(spec.in_channels, 32, 3, padding=1, bias=False),
             nn.BatchNorm2d(32),
             nn.ReLU(inplace=True),
             nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False),
@@ -370,7 +337,7 @@ class SmallCNN(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(64 * 4 * 4, hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden, num_classes),
+            nn.Linear(hidden, spec.num_classes),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -379,11 +346,9 @@ class SmallCNN(nn.Module):
 
 
 @register_model("small_cnn")
-def small_cnn(
-    *, num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float], **_: object
-) -> nn.Module:
+def small_cnn(spec: InputSpec) -> nn.Module:
     """Small CNN for 8x8 digits, 28x28 and 32x32 images (~150k parameters)."""
-    return SmallCNN(num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)
+    return SmallCNN(spec)
 
 
 class MLP(nn.Module):
@@ -391,23 +356,19 @@ class MLP(nn.Module):
 
     def __init__(
         self,
+        spec: InputSpec,
         *,
-        num_classes: int,
-        in_channels: int,
-        image_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
         hidden: int = 256,
     ) -> None:
         super().__init__()
-        self.normalize = Normalize(mean, std)
+        self.normalize = Normalize(spec.mean, spec.std)
         self.flatten = nn.Flatten()
         self.net = nn.Sequential(
-            nn.Linear(in_channels * image_size * image_size, hidden),
+            nn.Linear(spec.in_channels * spec.image_size**2, hidden),
             nn.ReLU(inplace=True),
             nn.Linear(hidden, hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden, num_classes),
+            nn.Linear(hidden, spec.num_classes),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -415,16 +376,6 @@ class MLP(nn.Module):
 
 
 @register_model("mlp")
-def mlp(
-    *,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    **_: object,
-) -> nn.Module:
+def mlp(spec: InputSpec) -> nn.Module:
     """Two-hidden-layer perceptron (256 units each) for ``in_channels x image_size^2`` inputs."""
-    return MLP(
-        num_classes=num_classes, in_channels=in_channels, image_size=image_size, mean=mean, std=std
-    )
+    return MLP(spec)

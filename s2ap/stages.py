@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from s2ap import metrics
 from s2ap.adversarial import AttackSettings, make_objective
 from s2ap.compute import Compute
 from s2ap.config import (
@@ -29,14 +30,6 @@ from s2ap.config import (
 from s2ap.data import Augment, DatasetSplits
 from s2ap.harp import HarpHost
 from s2ap.masking import HydraHost, ScoreMasking
-from s2ap.metrics import (
-    accuracy,
-    autoattack_accuracy,
-    hessian_top_eigenvalue,
-    mask_hamming,
-    robust_accuracy,
-    score_sharpness,
-)
 from s2ap.perturbation import S2AP
 
 __all__ = [
@@ -128,8 +121,8 @@ def validate(
     bs = cfg.data.eval_batch_size
     settings = attack_settings(cfg.threat, cfg.validation.pgd_steps)
     return {
-        f"{prefix}_clean_acc": accuracy(model, split.batches(bs)),
-        f"{prefix}_robust_acc": robust_accuracy(model, split.batches(bs), settings),
+        f"{prefix}_clean_acc": metrics.accuracy(model, split.batches(bs)),
+        f"{prefix}_robust_acc": metrics.robust_accuracy(model, split.batches(bs), settings),
     }
 
 
@@ -139,8 +132,8 @@ def evaluate_test(model: nn.Module, data: DatasetSplits, cfg: RunConfig) -> dict
     split = data.test.subset(min(ev.n_examples, len(data.test)))
     bs = cfg.data.eval_batch_size
     out = {
-        "test_clean_acc": accuracy(model, split.batches(bs)),
-        "test_pgd_acc": robust_accuracy(
+        "test_clean_acc": metrics.accuracy(model, split.batches(bs)),
+        "test_pgd_acc": metrics.robust_accuracy(
             model, split.batches(bs), attack_settings(cfg.threat, ev.pgd_steps)
         ),
         "test_examples": float(len(split)),
@@ -148,7 +141,7 @@ def evaluate_test(model: nn.Module, data: DatasetSplits, cfg: RunConfig) -> dict
     if ev.autoattack:
         aa = split.subset(min(ev.autoattack_examples or len(split), len(split)))
         x, y = next(iter(aa.batches(len(aa))))
-        out["test_autoattack_acc"] = autoattack_accuracy(
+        out["test_autoattack_acc"] = metrics.autoattack_accuracy(
             model, x, y, eps=cfg.threat.eps, num_classes=data.num_classes, seed=cfg.seed
         )
     return out
@@ -342,7 +335,7 @@ class PruneStage(TrainingStage):
 
     def epoch_metrics(self) -> dict[str, Any]:
         masks = self.masking.masks()
-        hamming, per_layer = mask_hamming(self.previous_mask, masks)
+        hamming, per_layer = metrics.mask_hamming(self.previous_mask, masks)
         self.previous_mask = masks
         sparsity, layer_sparsity = self.masking.sparsity_report()
         out: dict[str, Any] = {
@@ -354,7 +347,7 @@ class PruneStage(TrainingStage):
         out.update({f"layer_sparsity/{name}": s for name, s in layer_sparsity.items()})
         v = self.cfg.validation
         with self._fixed_batch_loss() as loss_fn:
-            out["sharpness"] = score_sharpness(
+            out["sharpness"] = metrics.score_sharpness(
                 self.masking, loss_fn, rho=v.sharpness_rho, radius=self.cfg.prune.radius
             )
             if self.done and v.hessian_iters:
@@ -386,7 +379,7 @@ class PruneStage(TrainingStage):
         for s in scores:
             s.requires_grad_(True)
         try:
-            return hessian_top_eigenvalue(loss_fn, scores, iters=iters, seed=self.cfg.seed)
+            return metrics.hessian_top_eigenvalue(loss_fn, scores, iters=iters, seed=self.cfg.seed)
         finally:
             for s, flag in zip(scores, flags):
                 s.requires_grad_(flag)

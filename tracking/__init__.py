@@ -20,114 +20,35 @@ import importlib
 from typing import Any
 
 #: Module (under ``tracking.``) -> the names this package re-exports from it.
-_EXPORTS: dict[str, tuple[str, ...]] = {
+_EXPORTS: dict[str, str] = {
     "artifacts": (
-        "MASK_SUFFIX",
-        "STATE_DICT_SUFFIX",
-        "MaskFileError",
-        "config_hash",
-        "file_sha256",
-        "load_masks",
-        "load_state_dict",
-        "read_mask_header",
-        "save_masks",
-        "save_state_dict",
+        "MASK_SUFFIX STATE_DICT_SUFFIX MaskFileError config_hash file_sha256 load_masks "
+        "load_state_dict read_mask_header save_masks save_state_dict"
     ),
     "client": (
-        "EXPERIMENT_TAGS",
-        "TAG_BEST_TRIAL_ID",
-        "TAG_OBJECTIVE_METRIC",
-        "TAG_OBJECTIVE_MODE",
-        "TAG_OBJECTIVES",
-        "TAG_PHASE",
-        "TAG_ROLE",
-        "TAG_STUDY",
-        "TAG_TRIAL_ID",
-        "TrackingUnavailableError",
-        "check_tracking_server",
-        "make_client",
-        "resolve_tracking_uri",
+        "EXPERIMENT_TAGS TAG_BEST_TRIAL_ID TAG_OBJECTIVE_METRIC TAG_OBJECTIVE_MODE "
+        "TAG_OBJECTIVES TAG_PHASE TAG_ROLE TAG_STUDY TAG_TRIAL_ID TrackingUnavailableError "
+        "check_tracking_server make_client resolve_tracking_uri"
     ),
-    "outbox": ("FlushReport", "PendingOutbox", "flush_outbox", "pending_outbox"),
-    "params": ("flatten_params", "version_tags"),
+    "outbox": "FlushReport PendingOutbox flush_outbox pending_outbox",
+    "params": "flatten_params version_tags",
     "pull": (
-        "BestTrial",
-        "NoFinishedTrialError",
-        "PulledMask",
-        "StudyNotFoundError",
-        "find_best_trial",
-        "pull_best_mask",
-        "pull_mask",
+        "BestTrial NoFinishedTrialError PulledMask StudyNotFoundError find_best_trial "
+        "pull_best_mask pull_mask"
     ),
-    "runs": ("StudyTracker", "metric_history", "objective_tags"),
-    "selection": ("Objective",),
+    "runs": "StudyTracker metric_history objective_tags",
+    "selection": "Objective",
     "server": (
-        "MlflowServer",
-        "MlflowServerError",
-        "exposure_warning",
-        "free_port",
-        "mlflow_server_command",
-        "mlflow_server_env",
+        "MlflowServer MlflowServerError exposure_warning free_port mlflow_server_command "
+        "mlflow_server_env"
     ),
-    "trial": ("TrialTracker",),
-    "ui": ("StudyPages", "serve_study_ui", "study_pages"),
-    "writer": ("ParamConflictError",),
+    "trial": "TrialTracker",
+    "ui": "StudyPages serve_study_ui study_pages",
+    "writer": "ParamConflictError",
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names.split()}
 
-__all__ = [
-    "EXPERIMENT_TAGS",
-    "MASK_SUFFIX",
-    "STATE_DICT_SUFFIX",
-    "TAG_BEST_TRIAL_ID",
-    "TAG_OBJECTIVES",
-    "TAG_OBJECTIVE_METRIC",
-    "TAG_OBJECTIVE_MODE",
-    "TAG_PHASE",
-    "TAG_ROLE",
-    "TAG_STUDY",
-    "TAG_TRIAL_ID",
-    "BestTrial",
-    "FlushReport",
-    "MaskFileError",
-    "MlflowServer",
-    "MlflowServerError",
-    "NoFinishedTrialError",
-    "Objective",
-    "ParamConflictError",
-    "PendingOutbox",
-    "PulledMask",
-    "StudyNotFoundError",
-    "StudyPages",
-    "StudyTracker",
-    "TrackingUnavailableError",
-    "TrialTracker",
-    "check_tracking_server",
-    "config_hash",
-    "exposure_warning",
-    "file_sha256",
-    "find_best_trial",
-    "flatten_params",
-    "flush_outbox",
-    "free_port",
-    "load_masks",
-    "load_state_dict",
-    "make_client",
-    "metric_history",
-    "mlflow_server_command",
-    "mlflow_server_env",
-    "objective_tags",
-    "pending_outbox",
-    "pull_best_mask",
-    "pull_mask",
-    "read_mask_header",
-    "resolve_tracking_uri",
-    "save_masks",
-    "save_state_dict",
-    "serve_study_ui",
-    "study_pages",
-    "version_tags",
-]
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> Any:

@@ -33,13 +33,14 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 from urllib.parse import urlparse
 
 __all__ = [
     "DASHBOARD_AGENT_LISTEN_PORT",
     "LOCAL_ADDRESSES",
     "LoopbackHead",
+    "NodeOptions",
     "check_storage_for_address",
     "free_ports",
     "head_environment",
@@ -96,33 +97,71 @@ def _resources_json(resources: Mapping[str, float] | str) -> str:
     return json.dumps(dict(sorted(resources.items())), separators=(",", ":"))
 
 
-def _node_args(
-    *,
-    node_ip_address: str | None,
-    temp_dir: str | os.PathLike[str] | None,
-    num_cpus: int | str | None,
-    num_gpus: int | str | None,
-    resources: Mapping[str, float] | str | None,
-    object_store_memory: int | str | None,
-) -> list[str]:
+class NodeOptions(TypedDict, total=False):
+    """``ray start`` options that head and worker nodes share (all optional).
+
+    ``None`` values are left to Ray (it detects CPUs and GPUs itself). Values may be strings
+    such as ``"${RAY_HEAD_NUM_CPUS:-0}"`` so the same functions describe templated recipes.
+    """
+
+    temp_dir: str | os.PathLike[str] | None  # absolute (or a ``${...}`` template)
+    num_cpus: int | str | None
+    num_gpus: int | str | None
+    resources: Mapping[str, float] | str | None  # custom resources, e.g. ``{"GPU_A": 1}``
+    block: bool  # ``--block``: stay in the foreground (containers); default True
+    node_ip_address: str | None
+    object_store_memory: int | str | None
+    dashboard_agent_listen_port: int | str | None
+    disable_usage_stats: bool  # default True
+    ray_executable: str  # default ``"ray"``
+    extra_args: Sequence[str]  # appended last, verbatim
+
+
+def _node_options(node: Mapping[str, Any]) -> NodeOptions:
+    """``node`` with the defaults filled in; an unknown option is a TypeError, as for a
+    keyword argument (a TypedDict does not check at run time)."""
+    unknown = sorted(set(node) - set(NodeOptions.__annotations__))
+    if unknown:
+        raise TypeError(
+            f"unknown ray start option(s) {unknown}; known: {sorted(NodeOptions.__annotations__)}"
+        )
+    defaults: NodeOptions = {"block": True, "disable_usage_stats": True, "ray_executable": "ray"}
+    return {**defaults, **node}  # type: ignore[typeddict-item]
+
+
+def _node_args(node: NodeOptions) -> list[str]:
     """Flags shared by head and worker nodes, in the order both commands use."""
     argv: list[str] = []
-    if node_ip_address is not None:
-        argv.append(f"--node-ip-address={node_ip_address}")
+    if node.get("node_ip_address") is not None:
+        argv.append(f"--node-ip-address={node['node_ip_address']}")
+    temp_dir = node.get("temp_dir")
     if temp_dir is not None:
         temp_dir = os.fspath(temp_dir)
         if not (temp_dir.startswith("${") or os.path.isabs(temp_dir)):
             raise ValueError(f"temp_dir must be an absolute path, got {temp_dir!r}")
         argv.append(f"--temp-dir={temp_dir}")
-    if num_cpus is not None:
-        argv.append(f"--num-cpus={num_cpus}")
-    if num_gpus is not None:
-        argv.append(f"--num-gpus={num_gpus}")
-    if resources is not None:
-        argv.append(f"--resources={_resources_json(resources)}")
-    if object_store_memory is not None:
-        argv.append(f"--object-store-memory={object_store_memory}")
+    for name in ("num_cpus", "num_gpus"):
+        if node.get(name) is not None:
+            argv.append(f"--{name.replace('_', '-')}={node[name]}")
+    if node.get("resources") is not None:
+        argv.append(f"--resources={_resources_json(node['resources'])}")
+    if node.get("object_store_memory") is not None:
+        argv.append(f"--object-store-memory={node['object_store_memory']}")
     return argv
+
+
+def _node_tail(node: NodeOptions, *command_flags: str) -> list[str]:
+    """The flags every node command ends with, around the command's own last flags."""
+    argv: list[str] = []
+    if node.get("dashboard_agent_listen_port") is not None:
+        _check_port("dashboard_agent_listen_port", node["dashboard_agent_listen_port"])
+        argv.append(f"--dashboard-agent-listen-port={node['dashboard_agent_listen_port']}")
+    argv += command_flags
+    if node["disable_usage_stats"]:
+        argv.append("--disable-usage-stats")
+    if node["block"]:
+        argv.append("--block")
+    return argv + list(node.get("extra_args", ()))
 
 
 def ray_head_command(
@@ -130,97 +169,47 @@ def ray_head_command(
     port: int | str = 6379,
     dashboard_host: str = "127.0.0.1",
     dashboard_port: int | str = 8265,
-    temp_dir: str | os.PathLike[str] | None = None,
-    num_cpus: int | str | None = None,
-    num_gpus: int | str | None = None,
-    resources: Mapping[str, float] | str | None = None,
-    block: bool = True,
-    node_ip_address: str | None = None,
-    object_store_memory: int | str | None = None,
-    dashboard_agent_listen_port: int | str | None = None,
     ray_client_server_port: int | str | None = None,
-    disable_usage_stats: bool = True,
-    ray_executable: str = "ray",
-    extra_args: Sequence[str] = (),
+    **node: Unpack[NodeOptions],
 ) -> list[str]:
     """The argv of ``ray start --head`` (GCS, dashboard, job server) for Ray 2.60.
 
     ``dashboard_host`` is where the dashboard *and the job API* listen. The job API runs
     arbitrary code on the cluster: keep it on 127.0.0.1 unless it sits behind a network you
     trust (in a container, bind 0.0.0.0 inside and publish the port on 127.0.0.1 of the host).
-    ``None`` values are left to Ray (it detects CPUs and GPUs itself). Values may be strings
-    such as ``"${RAY_HEAD_NUM_CPUS:-0}"`` so the same function describes templated recipes.
+    The node's own options are :class:`NodeOptions`.
     """
+    options = _node_options(node)
     _check_port("port", port)
     _check_port("dashboard_port", dashboard_port)
-    argv = [ray_executable, "start", "--head", f"--port={port}"]
-    argv += _node_args(
-        node_ip_address=node_ip_address,
-        temp_dir=temp_dir,
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        resources=resources,
-        object_store_memory=object_store_memory,
-    )
+    argv = [options["ray_executable"], "start", "--head", f"--port={port}"]
+    argv += _node_args(options)
     argv += [
         "--include-dashboard=true",
         f"--dashboard-host={dashboard_host}",
         f"--dashboard-port={dashboard_port}",
     ]
-    if dashboard_agent_listen_port is not None:
-        _check_port("dashboard_agent_listen_port", dashboard_agent_listen_port)
-        argv.append(f"--dashboard-agent-listen-port={dashboard_agent_listen_port}")
+    client: list[str] = []
     if ray_client_server_port is not None:
         _check_port("ray_client_server_port", ray_client_server_port)
-        argv.append(f"--ray-client-server-port={ray_client_server_port}")
-    if disable_usage_stats:
-        argv.append("--disable-usage-stats")
-    if block:
-        argv.append("--block")
-    return argv + list(extra_args)
+        client.append(f"--ray-client-server-port={ray_client_server_port}")
+    return argv + _node_tail(options, *client)
 
 
-def ray_worker_command(
-    *,
-    address: str,
-    temp_dir: str | os.PathLike[str] | None = None,
-    num_cpus: int | str | None = None,
-    num_gpus: int | str | None = None,
-    resources: Mapping[str, float] | str | None = None,
-    block: bool = True,
-    node_ip_address: str | None = None,
-    object_store_memory: int | str | None = None,
-    dashboard_agent_listen_port: int | str | None = None,
-    disable_usage_stats: bool = True,
-    ray_executable: str = "ray",
-    extra_args: Sequence[str] = (),
-) -> list[str]:
+def ray_worker_command(*, address: str, **node: Unpack[NodeOptions]) -> list[str]:
     """The argv of ``ray start --address HEAD:PORT`` that joins a worker node to a head.
 
-    ``address`` is the head's GCS address (``"ray-head:6379"``), not the dashboard URL.
+    ``address`` is the head's GCS address (``"ray-head:6379"``), not the dashboard URL. The
+    node's own options are :class:`NodeOptions`.
     """
+    options = _node_options(node)
     if not address or "://" in address:
         raise ValueError(
             f"address must be the head's GCS address HOST:PORT (e.g. 'ray-head:6379'), "
             f"got {address!r}; the http://...:8265 URL is for `s2ap submit`"
         )
-    argv = [ray_executable, "start", f"--address={address}"]
-    argv += _node_args(
-        node_ip_address=node_ip_address,
-        temp_dir=temp_dir,
-        num_cpus=num_cpus,
-        num_gpus=num_gpus,
-        resources=resources,
-        object_store_memory=object_store_memory,
-    )
-    if dashboard_agent_listen_port is not None:
-        _check_port("dashboard_agent_listen_port", dashboard_agent_listen_port)
-        argv.append(f"--dashboard-agent-listen-port={dashboard_agent_listen_port}")
-    if disable_usage_stats:
-        argv.append("--disable-usage-stats")
-    if block:
-        argv.append("--block")
-    return argv + list(extra_args)
+    argv = [options["ray_executable"], "start", f"--address={address}"]
+    return argv + _node_args(options) + _node_tail(options)
 
 
 # --------------------------------------------------------------------------------------------

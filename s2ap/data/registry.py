@@ -19,6 +19,7 @@ import torch
 
 from s2ap.data.augment import Augment
 from s2ap.data.splits import DatasetSplits, FileList, LoaderSplit, Split, TensorSplit, channel_stats
+from s2ap.registry import Registry
 
 __all__ = [
     "DatasetNotFoundError",
@@ -53,7 +54,7 @@ class SourceData:
 
 
 SourceFn = Callable[..., SourceData]
-_SOURCES: dict[str, SourceFn] = {}
+_SOURCES: Registry[SourceFn] = Registry("data source")
 
 
 def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
@@ -63,19 +64,12 @@ def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
     :class:`SourceData`. It removes the keys it understands from ``options`` (see
     :func:`pop_option`); whatever is left is reported to the user as unknown.
     """
-
-    def decorator(fn: SourceFn) -> SourceFn:
-        if name in _SOURCES:
-            raise ValueError(f"data source {name!r} is already registered")
-        _SOURCES[name] = fn
-        return fn
-
-    return decorator
+    return _SOURCES.register(name)
 
 
 def list_sources() -> list[str]:
     """Names of all registered dataset sources, sorted."""
-    return sorted(_SOURCES)
+    return _SOURCES.names()
 
 
 def pop_option(
@@ -199,14 +193,11 @@ def load_dataset(
       normalisation constants) and ``augment`` (a dict of :class:`Augment` fields replacing the
       dataset's default augmentation).
     """
-    if source not in _SOURCES:
-        raise ValueError(
-            f"unknown data source {source!r}; available sources: {', '.join(list_sources())}"
-        )
+    load = _SOURCES.get(source)
     opts = dict(options or {})
     mean, std, augment = opts.pop("mean", None), opts.pop("std", None), opts.pop("augment", None)
     root_path = Path(root).expanduser().resolve() if root is not None else None
-    data = _SOURCES[source](root=root_path, download=download, options=opts)
+    data = load(root=root_path, download=download, options=opts)
     if opts:
         raise ValueError(f"unknown data.options for source {source!r}: {', '.join(sorted(opts))}")
 

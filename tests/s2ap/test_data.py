@@ -107,7 +107,7 @@ def test_val_size_zero_gives_empty_val() -> None:
 
 
 def test_unknown_source_and_option() -> None:
-    with pytest.raises(ValueError, match="available sources") as err:
+    with pytest.raises(ValueError, match="available data sources") as err:
         load_dataset("mnist-but-wrong")
     for name in list_sources():
         assert name in str(err.value)

@@ -2,28 +2,21 @@ import pytest
 import torch
 from torch import nn
 
+from s2ap import metrics
 from s2ap.adversarial import AttackSettings, PGDObjective, TradesObjective
 from s2ap.masking import ScoreMasking
-from s2ap.metrics import (
-    accuracy,
-    autoattack_accuracy,
-    hessian_top_eigenvalue,
-    mask_hamming,
-    robust_accuracy,
-    score_sharpness,
-)
 
 
 def test_mask_hamming_known_answer():
     a = {"x": torch.tensor([True, True, False, False]), "y": torch.ones(2, 3, dtype=torch.bool)}
     b = {"x": torch.tensor([True, False, True, False]), "y": torch.ones(2, 3, dtype=torch.bool)}
     b["y"][0, 0] = False
-    overall, per_layer = mask_hamming(a, b)
+    overall, per_layer = metrics.mask_hamming(a, b)
     assert per_layer == {"x": 0.5, "y": pytest.approx(1 / 6)}
     assert overall == pytest.approx(3 / 10)
-    assert mask_hamming(a, a)[0] == 0.0
+    assert metrics.mask_hamming(a, a)[0] == 0.0
     with pytest.raises(ValueError, match="different layers"):
-        mask_hamming(a, {"x": a["x"]})
+        metrics.mask_hamming(a, {"x": a["x"]})
 
 
 def test_hessian_top_eigenvalue_of_known_quadratic():
@@ -36,7 +29,7 @@ def test_hessian_top_eigenvalue_of_known_quadratic():
     def loss():
         return 0.5 * x @ a @ x
 
-    top = hessian_top_eigenvalue(loss, [x], iters=200, tol=1e-10)
+    top = metrics.hessian_top_eigenvalue(loss, [x], iters=200, tol=1e-10)
     assert top == pytest.approx(9.0, rel=1e-6)
 
 
@@ -62,7 +55,7 @@ def test_hessian_through_the_straight_through_estimator():
     a = torch.autograd.functional.hessian(loss_of_effective, (w * mask).flatten())
     d = torch.diag((w * torch.sign(layer.scores.detach())).flatten())
     expected = torch.linalg.eigvalsh(d @ a @ d).abs().max()
-    got = hessian_top_eigenvalue(loss, masking.scores(), iters=300, tol=1e-12)
+    got = metrics.hessian_top_eigenvalue(loss, masking.scores(), iters=300, tol=1e-12)
     assert got == pytest.approx(float(expected), rel=1e-5)
 
 
@@ -99,21 +92,21 @@ def test_sharpness_restores_scores_and_is_zero_at_zero_radius():
     def loss_fn():
         return nn.functional.cross_entropy(model(x), y)
 
-    sharp = score_sharpness(masking, loss_fn, rho=0.5)
+    sharp = metrics.score_sharpness(masking, loss_fn, rho=0.5)
     assert sharp > 0  # the ascent direction increases the loss
     assert all(torch.equal(a, b.detach()) for a, b in zip(before, masking.scores()))
     assert all(s.grad is None for s in masking.scores())
-    assert score_sharpness(masking, loss_fn, rho=1e-12) == pytest.approx(0.0, abs=1e-6)
+    assert metrics.score_sharpness(masking, loss_fn, rho=1e-12) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_accuracy_pgd_and_autoattack_order():
     model, x, y = trained_model()
     model.eval()
     settings = AttackSettings(eps=0.2, step_size=0.05, steps=10)
-    clean = accuracy(model, [(x, y)])
-    pgd = robust_accuracy(model, [(x, y)], settings)
-    aa = autoattack_accuracy(model, x[:32], y[:32], eps=0.2, num_classes=10, seed=0)
-    aa_again = autoattack_accuracy(model, x[:32], y[:32], eps=0.2, num_classes=10, seed=0)
+    clean = metrics.accuracy(model, [(x, y)])
+    pgd = metrics.robust_accuracy(model, [(x, y)], settings)
+    aa = metrics.autoattack_accuracy(model, x[:32], y[:32], eps=0.2, num_classes=10, seed=0)
+    aa_again = metrics.autoattack_accuracy(model, x[:32], y[:32], eps=0.2, num_classes=10, seed=0)
     assert clean > 0.9
     assert pgd < clean
     assert aa <= clean and aa == aa_again

@@ -107,7 +107,7 @@ def test_mean_std_must_match_channels() -> None:
 
 def test_duplicate_registration_fails() -> None:
     with pytest.raises(ValueError, match="already registered"):
-        register_model("resnet18")(lambda **_: nn.Identity())
+        register_model("resnet18")(lambda spec: nn.Identity())
 
 
 def test_resnet18_parameter_count() -> None:

@@ -179,6 +179,20 @@ ray.shutdown()
 """
 
 
+def _run_driver(address: str, env: dict[str, str] | None = None) -> dict:
+    """Run :data:`_DRIVER` in another process against ``address``; its JSON result."""
+    out = subprocess.run(
+        [sys.executable, "-c", _DRIVER, address],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def _session_leftovers(temp_dir: str, leader: int) -> list[int]:
     """PIDs still alive that name the cluster's temp dir or sit in its session."""
     psutil = _psutil()
@@ -210,16 +224,7 @@ def test_local_cluster_runs_tasks_and_jobs_and_stops_every_process() -> None:
         assert leader is not None and os.getsid(leader) == leader  # own session
 
         # A driver on another process joins through the GCS address.
-        out = subprocess.run(
-            [sys.executable, "-c", _DRIVER, cluster.address],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            check=False,
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        assert result == {"squares": [0, 1, 4, 9], "cpus": 2.0}
+        assert _run_driver(cluster.address) == {"squares": [0, 1, 4, 9], "cpus": 2.0}
 
         # The dashboard and its job API answer.
         with urllib.request.urlopen(f"{cluster.dashboard_url}/api/version", timeout=10) as r:
@@ -298,13 +303,4 @@ def test_local_cluster_with_token_auth_as_the_recipes_run_it() -> None:
         with urllib.request.urlopen(request, timeout=10) as r:
             assert json.load(r)["ray_version"] == "2.60.0"
 
-        out = subprocess.run(
-            [sys.executable, "-c", _DRIVER, cluster.address],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            check=False,
-            env={**os.environ, **auth_env},
-        )
-        assert out.returncode == 0, out.stderr[-3000:]
-        assert json.loads(out.stdout.strip().splitlines()[-1])["squares"] == [0, 1, 4, 9]
+        assert _run_driver(cluster.address, auth_env)["squares"] == [0, 1, 4, 9]

@@ -10,60 +10,11 @@ every number.
     report = write_report([("digits-arms", "sqlite:////abs/mlflow.db")], "docs/RESULTS.md")
 """
 
-from tracking.report.claims import (
-    CLAIMED_OVERHEAD,
-    OVERHEAD_TOLERANCE,
-    ClaimResult,
-    judge_claims,
-    prune_overhead,
-)
-from tracking.report.page import Report, build_report, render_markdown, repeat_check, write_report
-from tracking.report.stats import (
-    CANNOT_TELL,
-    MIXED,
-    REFUTES,
-    SUPPORTS,
-    MeanStd,
-    Verdict,
-    judge,
-    mean_std,
-    overall,
-)
-from tracking.report.trials import (
-    ARMS,
-    Cell,
-    ReportError,
-    TrialRun,
-    group_cells,
-    load_trial_runs,
-    split_studies,
-)
+# Each module's ``__all__`` is its public part; the package re-exports them all.
+from tracking.report import claims, page, stats, trials
+from tracking.report.claims import *  # noqa: F403
+from tracking.report.page import *  # noqa: F403
+from tracking.report.stats import *  # noqa: F403
+from tracking.report.trials import *  # noqa: F403
 
-__all__ = [
-    "ARMS",
-    "CANNOT_TELL",
-    "CLAIMED_OVERHEAD",
-    "MIXED",
-    "OVERHEAD_TOLERANCE",
-    "REFUTES",
-    "SUPPORTS",
-    "Cell",
-    "ClaimResult",
-    "MeanStd",
-    "Report",
-    "ReportError",
-    "TrialRun",
-    "Verdict",
-    "build_report",
-    "group_cells",
-    "judge",
-    "judge_claims",
-    "load_trial_runs",
-    "mean_std",
-    "overall",
-    "prune_overhead",
-    "render_markdown",
-    "repeat_check",
-    "split_studies",
-    "write_report",
-]
+__all__ = [*claims.__all__, *page.__all__, *stats.__all__, *trials.__all__]
