@@ -3,7 +3,8 @@
 ``ray.init`` spends most of its seconds waiting for Ray's processes to come up, and it must run
 in the main thread. Meanwhile :class:`StoreWarmup` imports MLflow in a thread and, for a new
 sqlite store, creates it: MLflow runs its whole chain of schema migrations on a fresh database
-(about 2 s on a 2-core machine; ``benchmarks/service_overhead.py`` measures it).
+(about 2 s on a 2-core machine; ``benchmarks/service_overhead.py`` measures it), then the
+imports of the test evaluation at the end.
 
 The store is created in a private temp folder and put into place only by
 :meth:`StoreWarmup.install`, once the launch checks have passed, and never over an existing
@@ -36,8 +37,8 @@ class StoreWarmup:
         self._target = target if target is not None and not target.exists() else None
         self._folder = Path(tempfile.mkdtemp(prefix="s2ap-store-"))
         self._built = False
-        self._thread = threading.Thread(target=self._prepare, name="s2ap-store", daemon=True)
-        self._thread.start()
+        self._store_done = threading.Event()  # the imports after it are never waited for
+        threading.Thread(target=self._prepare, name="s2ap-warmup", daemon=True).start()
 
     def _prepare(self) -> None:
         try:
@@ -50,10 +51,20 @@ class StoreWarmup:
                 self._built = True
         except Exception as exc:  # an optimisation only: MLflow does it later, as before
             _log.debug("MLflow warm-up failed: %s: %s", type(exc).__name__, exc)
+        finally:
+            self._store_done.set()
+        try:
+            # The best trial's test evaluation runs in the driver of a local runtime: its
+            # imports are paid here, while Ray starts: torchattacks (scipy.stats with it, ~1 s)
+            # and torch._dynamo (~2 s; every torch optimizer imports it when first built).
+            import torch._dynamo  # noqa: F401
+            import torchattacks  # noqa: F401
+        except Exception as exc:  # same: the evaluation imports it itself
+            _log.debug("evaluation warm-up failed: %s: %s", type(exc).__name__, exc)
 
     def install(self) -> None:
         """Put the new store in place if it is still missing; then clean up."""
-        self._thread.join()
+        self._store_done.wait()
         try:
             target = self._target
             if self._built and target is not None and target.parent.is_dir():
@@ -63,7 +74,7 @@ class StoreWarmup:
 
     def discard(self) -> None:
         """Drop whatever was prepared (a launch that stopped before :meth:`install`)."""
-        self._thread.join()
+        self._store_done.wait()
         shutil.rmtree(self._folder, ignore_errors=True)
 
 

@@ -21,14 +21,24 @@ Every user error prints one message to stderr and exits with code 2, before anyt
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from tune.cli import evaluate, launch, masks, report, run, status, submit, ui
 from tune.cli.common import Command, UserError
 
-__all__ = ["COMMANDS", "EXIT_USER_ERROR", "Command", "UserError", "build_parser", "main"]
+__all__ = [
+    "COMMANDS",
+    "EXIT_USER_ERROR",
+    "Command",
+    "UserError",
+    "build_parser",
+    "console_main",
+    "main",
+]
 
 EXIT_USER_ERROR = 2
 
@@ -108,3 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("s2ap: interrupted", file=sys.stderr)
         return 130
+
+
+def console_main() -> NoReturn:
+    """The ``s2ap`` console script (and ``python -m tune.cli``): :func:`main`, then exit.
+
+    Before the interpreter exits, every object alive is frozen out of the garbage collector
+    (:func:`gc.freeze`): the collections during finalisation would otherwise walk all of torch's,
+    Ray's and MLflow's objects, ~1.1 s of every study's exit on a 2-core machine, to free memory
+    the exit returns anyway. Objects are still finalised by reference counting as before.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)

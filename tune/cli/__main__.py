@@ -1,7 +1,5 @@
 """``python -m tune.cli``: the ``s2ap`` command line."""
 
-import sys
+from tune.cli import console_main
 
-from tune.cli import main
-
-sys.exit(main())
+console_main()
