@@ -45,7 +45,9 @@ from typing import Any
 
 import yaml
 
-S2AP = str(Path(sys.executable).with_name("s2ap"))
+#: ``s2ap`` as ``python -m tune.cli``: the installed script would import this tree's entry
+#: point even when ``--pythonpath`` puts another version first.
+S2AP = (sys.executable, "-m", "tune.cli")
 #: Steps of a study, in launch order, measured from its own records (see ``tune_breakdown``).
 TUNE_STEPS = (
     ("start_to_study_run", "start -> MLflow study run open (imports, Ray start, MLflow store)"),
@@ -226,7 +228,7 @@ def _dense_model(work: Path, config: Path, env: dict[str, str]) -> Path:
     """One shared dense model, so neither side pretrains."""
     dense_run = work / "dense"
     subprocess.run(
-        [S2AP, "run", str(config), "--out", str(dense_run), "--quiet",
+        [*S2AP, "run", str(config), "--out", str(dense_run), "--quiet",
          "--set", "prune.epochs=0", "--set", "finetune.epochs=0",
          "--set", "evaluate.autoattack=false"],
         check=True, stdout=subprocess.DEVNULL, env=env, cwd=work,
@@ -239,12 +241,12 @@ def one_repeat(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``s2ap run`` then ``s2ap tune`` once each; their raw records."""
     out = work / f"run{i}"
-    run = run_and_watch([S2AP, "run", str(run_cfg), "--out", str(out), "--quiet"], out, env)
+    run = run_and_watch([*S2AP, "run", str(run_cfg), "--out", str(out), "--quiet"], out, env)
     # A new storage root each time: every study pays what a user's first one does.
     name, root = f"overhead{i}", work / f"studies{i}"
     start = time.time()
     subprocess.run(
-        [S2AP, "tune", str(study_cfg), "--set", f"study.name={name}", "--storage-root",
+        [*S2AP, "tune", str(study_cfg), "--set", f"study.name={name}", "--storage-root",
          str(root), "-q"],
         check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=work,
     )  # fmt: skip

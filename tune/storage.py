@@ -67,10 +67,13 @@ def read_study_json(experiment_dir: Path) -> dict[str, Any] | None:
 
 def study_exists(study: Study) -> bool:
     """True when an earlier launch left this study's records (study.json or a Tune experiment)."""
+    if study.study_json.exists():
+        return True
+    if not study.experiment_dir.is_dir():
+        return False  # decided without importing Ray Tune (~1 s; a new study's launch waits)
     from ray import tune
 
-    d = study.experiment_dir
-    return study.study_json.exists() or (d.is_dir() and tune.Tuner.can_restore(str(d)))
+    return tune.Tuner.can_restore(str(study.experiment_dir))
 
 
 def _changes_since_start(study: Study, tracking_uri: str) -> list[str]:
