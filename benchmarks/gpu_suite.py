@@ -29,14 +29,9 @@ import time
 from collections.abc import Callable
 
 import torch
-from steps import Setting, make_steps, median, median_ratio, time_rows
+from steps import Setting, make_steps, median, median_ratio, sync, time_rows
 
-from s2ap.masking import (
-    ScoreMasking,
-    kept_count,
-    kth_largest_by_selection,
-    kth_largest_by_sort,
-)
+from s2ap.masking import ScoreMasking, kth_largest_by_selection, kth_largest_by_sort
 from s2ap.models import create_model
 
 TARGET_S2AP_BF16 = 4500.0  # images/s of S2AP at batch 512, bf16 + channels-last (H100)
@@ -78,20 +73,6 @@ def step_rows(args: argparse.Namespace) -> list[tuple[str, str, float, float, st
     return out
 
 
-def _time_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 1000 * median(times)
-
-
 def refresh_rows(args: argparse.Namespace) -> list[tuple[str, str, float, float, str]]:
     """Milliseconds to refresh every mask; and the thresholds alone, by sort and by kthvalue."""
     setting = next(iter(settings(args).values()))
@@ -107,14 +88,18 @@ def refresh_rows(args: argparse.Namespace) -> list[tuple[str, str, float, float,
     ).to(device)
     masking = ScoreMasking(model, sparsity=setting.sparsity)
     flats = [layer.scores.detach().abs().reshape(-1) for layer in masking.layers.values()]
-    ks = [kept_count(f.numel(), setting.sparsity) for f in flats]
+    ks = list(masking.host.kept_counts(masking).values())
 
     def refresh() -> None:
         masking.invalidate()
         masking.refresh()
 
     def thresholds(select: Callable[[torch.Tensor, int], torch.Tensor]) -> Callable[[], None]:
-        return lambda: [select(f, k) for f, k in zip(flats, ks)]
+        def run() -> None:
+            for f, k in zip(flats, ks):
+                select(f, k)
+
+        return run
 
     timed = {
         "refresh (default selection)": refresh,
@@ -122,8 +107,8 @@ def refresh_rows(args: argparse.Namespace) -> list[tuple[str, str, float, float,
         "thresholds by kthvalue": thresholds(kth_largest_by_selection),
     }
     section = f"mask refresh, all {len(flats)} layers (ms)"
-    repeats = 3 if args.tiny else 20
-    return [(section, row, _time_ms(fn, device, repeats), 0.0, "") for row, fn in timed.items()]
+    seconds = time_rows(timed, rounds=3 if args.tiny else 20, iters=1, device=device)
+    return [(section, row, 1000 * median(seconds[row]), 0.0, "") for row in timed]
 
 
 def _trial(setting: Setting, fraction: float, duration: float, barrier, results) -> None:
@@ -135,15 +120,13 @@ def _trial(setting: Setting, fraction: float, duration: float, barrier, results)
         torch.set_num_threads(1)  # CPU smoke test: one core per process
     step = make_steps(setting, ["s2ap-1"])["s2ap-1"]
     step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     barrier.wait()
     start, updates = time.perf_counter(), 0
     while time.perf_counter() - start < duration:
         step()
         updates += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     results.put(updates * setting.batch_size / (time.perf_counter() - start))
 
 

@@ -6,7 +6,7 @@ evaluation without AutoAttack, like the ``s2ap run`` side. The two commands alte
 tune, run, tune, ...), so machine noise hits both:
 
     python benchmarks/service_overhead.py [--repeats 3] [--config configs/run-digits.yaml]
-        [--dense model.safetensors] [--pythonpath DIR] [--keep]
+        [--dense model.safetensors] [--pythonpath DIR] [--work DIR] [--records FILE]
 
 Per repeat it measures from outside (the same for any version of the code, so an old tree
 runs through ``--pythonpath``):
@@ -261,17 +261,19 @@ def _row(label: str, values: Sequence[float], width: int = 64) -> str:
 
 def report(runs: list[dict[str, Any]], tunes: list[dict[str, Any]]) -> list[str]:
     """The printed tables (per repeat, then the median) from the raw records."""
-    lines = []
+    run_steps = [run_breakdown(r) for r in runs]
+    tune_steps = [tune_breakdown(t) for t in tunes]
+    splits = [epoch_split(t) for t in tunes]
     run_epoch = [median_epoch(r["epoch_ends"]) for r in runs]
     tune_epoch = [median_epoch(t["epoch_ends"]) for t in tunes]
     run_wall = [r["end"] - r["start"] for r in runs]
     tune_wall = [t["end"] - t["start"] for t in tunes]
-    run_fixed = [w - run_breakdown(r)["epochs"] for w, r in zip(run_wall, runs)]
-    tune_fixed = [w - tune_breakdown(t)["epochs"] for w, t in zip(tune_wall, tunes)]
-    lines.append("whole commands (s), one column per repeat:")
+    run_fixed = [w - b["epochs"] for w, b in zip(run_wall, run_steps)]
+    tune_fixed = [w - b["epochs"] for w, b in zip(tune_wall, tune_steps)]
+    lines = ["whole commands (s), one column per repeat:"]
     lines.append(_row("s2ap run wall", run_wall))
     lines.append(_row("s2ap tune wall (1 trial)", tune_wall))
-    lines.append(_row("ratio tune/run", [t / r for t, r in zip(tune_wall, run_wall)]))
+    lines.append(_row("ratio tune/run", _ratios(tune_wall, run_wall)))
     lines.append("(a) per epoch (median epoch end -> next epoch end, s):")
     lines.append(_row("s2ap run", run_epoch))
     lines.append(_row("s2ap tune", tune_epoch))
@@ -283,13 +285,13 @@ def report(runs: list[dict[str, Any]], tunes: list[dict[str, Any]]) -> list[str]
     lines.append(_row("added by the service  [target <= 12]", added))
     lines.append("where s2ap run's time goes (s):")
     for key, label in RUN_STEPS:
-        lines.append(_row(label, [run_breakdown(r)[key] for r in runs]))
+        lines.append(_row(label, [b[key] for b in run_steps]))
     lines.append("where s2ap tune's time goes (s), from the study's own records:")
     for key, label in TUNE_STEPS:
-        lines.append(_row(label, [tune_breakdown(t)[key] for t in tunes]))
+        lines.append(_row(label, [b[key] for b in tune_steps]))
     lines.append("a study's epoch, split (median s):")
     for key in ("train", "validate_and_log", "checkpoint_and_ray"):
-        lines.append(_row(key, [epoch_split(t)[key] for t in tunes]))
+        lines.append(_row(key, [split[key] for split in splits]))
     lines += timings_table(tunes)
     return lines
 

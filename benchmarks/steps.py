@@ -29,7 +29,16 @@ from s2ap.config import RunConfig
 from s2ap.pipeline import Pipeline, load_data
 from s2ap.stages import TrainingStage
 
-__all__ = ["CLOCKS", "ROWS", "Setting", "make_steps", "median", "median_ratio", "time_rows"]
+__all__ = [
+    "CLOCKS",
+    "ROWS",
+    "Setting",
+    "make_steps",
+    "median",
+    "median_ratio",
+    "sync",
+    "time_rows",
+]
 
 # row -> prune-section overrides (None: the dense pretrain stage).
 ROWS: dict[str, dict[str, Any] | None] = {
@@ -94,11 +103,11 @@ def _extra_pass_step(stage: TrainingStage, x: torch.Tensor, y: torch.Tensor) -> 
 
 
 def _invalidate_every_forward(pipeline: Pipeline) -> None:
-    """Reference HYDRA behaviour: every forward pass re-selects the top-k of every layer."""
+    """Reference HYDRA behaviour: each layer re-selects its own top-k in its forward pass."""
     masking = pipeline.masking
     assert masking is not None
-    for layer in masking.layers.values():
-        layer.register_forward_pre_hook(lambda *_: masking.invalidate())
+    for name, layer in masking.layers.items():
+        layer.register_forward_pre_hook(lambda *_, name=name: masking.invalidate([name]))
 
 
 def make_steps(setting: Setting, rows: Iterable[str]) -> dict[str, Callable[[], None]]:
@@ -130,7 +139,8 @@ def make_steps(setting: Setting, rows: Iterable[str]) -> dict[str, Callable[[], 
     return steps
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so a host clock times the work itself."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -156,11 +166,11 @@ def time_rows(
     seconds: dict[str, list[float]] = {row: [] for row in steps}
     for _ in range(rounds):
         for row, step in steps.items():
-            _sync(device)
+            sync(device)
             start = clock()
             for _ in range(iters):
                 step()
-            _sync(device)
+            sync(device)
             seconds[row].append((clock() - start) / iters)
     return seconds
 

@@ -149,8 +149,6 @@ class HarpHost(HydraHost):
     Attach it with ``ScoreMasking(model, sparsity=..., host=HarpHost())`` (``layer`` scope).
     """
 
-    name = "harp"
-
     def __init__(self, *, alpha: float = 0.1, gamma: float = 0.01, rate_lr: float | None = None):
         self.alpha = _check_option("alpha", alpha, 0.0, 1.0)
         self.gamma = _check_option("gamma", gamma, 0.0)

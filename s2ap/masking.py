@@ -285,8 +285,6 @@ class HydraHost:
     the training-facing ones (extra parameters, a loss term, epoch hook, checkpoint state).
     """
 
-    name = "hydra"
-
     def attach(self, masking: ScoreMasking) -> None:
         """Called once by ``masking`` with its layers in place, before the first mask."""
 
@@ -413,9 +411,13 @@ class ScoreMasking:
                         layer._set_mask(_top_k_mask(layer.scores.detach().abs(), counts[name]))
                         self._kept[name] = counts[name]
 
-    def invalidate(self) -> None:
-        """Force a recomputation at the next forward (after writes through ``.data``)."""
-        for layer in self.layers.values():
+    def invalidate(self, names: Iterable[str] | None = None) -> None:
+        """Force a recomputation at the next forward (after writes through ``.data``).
+
+        ``names``: only these layers (default all); the others keep their cached masks.
+        """
+        layers = self.layers.values() if names is None else [self.layers[n] for n in names]
+        for layer in layers:
             layer._mask_key = None
             if layer.mask_frozen:
                 layer._mask_float = None
@@ -449,9 +451,6 @@ class ScoreMasking:
     def scores(self) -> list[nn.Parameter]:
         """Score parameters in layer order (what the S2AP perturbation acts on)."""
         return [layer.scores for layer in self.layers.values()]
-
-    def score_dict(self) -> dict[str, nn.Parameter]:
-        return {name: layer.scores for name, layer in self.layers.items()}
 
     # --- sparsity -----------------------------------------------------------------------------
     def sparsity_report(self) -> tuple[float, dict[str, float]]:

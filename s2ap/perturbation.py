@@ -14,7 +14,7 @@ norm: the control arm), ``none`` (plain host update, HYDRA).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
@@ -53,16 +53,18 @@ def _norms(tensors: Sequence[Tensor]) -> list[Tensor]:
     return list(torch._foreach_norm(_detached(tensors), 2, dtype=dtype))
 
 
+def _check_radius(radius: str) -> None:
+    if radius not in get_args(RadiusMode):
+        raise ValueError(f"radius must be 'relative' or 'absolute', got {radius!r}")
+
+
 def perturbation_radii(scores: Sequence[Tensor], rho: float, radius: RadiusMode) -> list[Tensor]:
     """Radii as 0-d tensors: ``rho * ||s_l||`` per tensor (relative), or ``[rho]`` (absolute)."""
+    _check_radius(radius)
     if radius == "relative":
-        return [rho * n for n in _norms(scores)] if scores else []
-    if radius == "absolute":
-        if not scores:
-            return [torch.tensor(float(rho), dtype=torch.float64)]
-        s = scores[0]
-        return [torch.tensor(float(rho), dtype=_accumulation_dtype(s), device=s.device)]
-    raise ValueError(f"radius must be 'relative' or 'absolute', got {radius!r}")
+        return [rho * n for n in _norms(scores)]
+    s = scores[0]
+    return [torch.tensor(float(rho), dtype=_accumulation_dtype(s), device=s.device)]
 
 
 def _norms_and_radii(
@@ -230,7 +232,7 @@ class S2AP:
             raise ValueError(f"rho must be >= 0, got {rho}")
         if ascent_steps < 1:
             raise ValueError(f"ascent_steps must be >= 1, got {ascent_steps}")
-        perturbation_radii([], rho, radius)  # validates the mode
+        _check_radius(radius)
         self.optimizer = optimizer
         self.scores = list(scores)
         self.rho = float(rho)

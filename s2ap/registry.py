@@ -44,6 +44,3 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; available {self.kind}s: {', '.join(self.names())}"
             )
         return self._entries[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._entries

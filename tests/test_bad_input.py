@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from tests.support.files import snapshot
 from tests.tune.conftest import run_cli, write_study
 from tracking.artifacts import save_masks
 from tune.cli import main
@@ -210,10 +211,6 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def _snapshot(d: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in d.rglob("*")}
-
-
 def _main(argv: list[str]) -> tuple[int, str]:
     """``s2ap ARGV`` in-process: (exit code, stderr); argparse errors exit via SystemExit."""
     err = io.StringIO()
@@ -229,7 +226,7 @@ def _main(argv: list[str]) -> tuple[int, str]:
 def test_bad_input_is_refused(folder: Path, case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(folder)  # defaults such as --out best-mask land here, in the snapshot
     argv = [a.format(d=folder) for a in case.argv]
-    before = _snapshot(folder)
+    before = snapshot(folder)
     if case.console:
         res = run_cli(*argv, cwd=folder, timeout=120)
         code, err = res.returncode, res.stderr
@@ -238,7 +235,7 @@ def test_bad_input_is_refused(folder: Path, case: Case, monkeypatch: pytest.Monk
     assert code == 2, err
     assert case.names.format(d=folder) in err, err
     assert "Traceback" not in err
-    assert _snapshot(folder) == before, "a refused command created or changed files"
+    assert snapshot(folder) == before, "a refused command created or changed files"
 
 
 def test_the_table_covers_every_command() -> None:

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -130,7 +129,7 @@ def config_hash(obj: Any) -> str:
 
 
 @contextlib.contextmanager
-def _atomic_writer(path: str | os.PathLike[str]) -> Iterator[Any]:
+def atomic_writer(path: str | os.PathLike[str]) -> Iterator[Any]:
     """Yield a binary file handle whose content replaces ``path`` only once fully written.
 
     The temporary file lives in the destination folder, so ``os.replace`` is atomic: a crash leaves
@@ -138,7 +137,10 @@ def _atomic_writer(path: str | os.PathLike[str]) -> Iterator[Any]:
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    # A fresh name opened O_EXCL as mkstemp does, but with mode 0o666 so that the umask applies
+    # as for open(): mkstemp's 0o600 would hide a mask or a results page from other users.
+    tmp = dest.with_name(f".{dest.name}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
@@ -248,7 +250,7 @@ def save_masks(
     except (TypeError, ValueError) as exc:
         raise TypeError(f"save_masks: header metadata is not JSON-serialisable: {exc}") from exc
 
-    with _atomic_writer(path) as fh:
+    with atomic_writer(path) as fh:
         fh.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)))
         fh.write(header_bytes)
         for chunk in chunks:
@@ -392,7 +394,7 @@ def save_state_dict(path: str | os.PathLike[str], state_dict: Mapping[str, torch
             )
         # clone: safetensors refuses shared storage, and a copy detaches from autograd/devices.
         tensors[key] = value.detach().to("cpu").contiguous().clone()
-    with _atomic_writer(path) as fh:
+    with atomic_writer(path) as fh:
         if _safetensors_torch is not None:
             fh.write(_safetensors_torch.save(tensors))
         else:

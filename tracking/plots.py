@@ -13,15 +13,23 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 Series = Sequence[float] | Sequence[tuple[int, float]]
 
 
-def _new_figure(width: float = 6.4, height: float = 4.0) -> Figure:
+def new_figure(width: float = 6.4, height: float = 4.0) -> Figure:
+    """An empty figure on its own Agg canvas (no pyplot), with constrained layout.
+
+    matplotlib is imported here, on first use: importing the module (or the results page that
+    uses it) does not pay matplotlib's import.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -55,7 +63,7 @@ def plot_mask_stability(
     ``hamming`` is one series (global) or a dict name -> series (e.g. ``"global"`` and per layer);
     a lower curve means a more stable mask.
     """
-    fig = _new_figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     curves = hamming if isinstance(hamming, Mapping) else {"global": hamming}
     for name, series in curves.items():
@@ -92,7 +100,7 @@ def plot_training_curves(
             + [k for k in history if k.endswith("sharpness")]
         )
     )
-    fig = _new_figure(6.4, 6.0 if sharp else 4.0)
+    fig = new_figure(6.4, 6.0 if sharp else 4.0)
     axes = fig.subplots(2 if sharp else 1, 1, sharex=True, squeeze=False)[:, 0]
     for key in acc:
         xs, ys = _xy(history[key])
@@ -127,7 +135,7 @@ def plot_layer_sparsity(
 ) -> Figure:
     """Horizontal bar chart of each layer's sparsity (fraction pruned), in the given layer order."""
     names = list(sparsity)
-    fig = _new_figure(6.4, max(2.5, 0.28 * len(names) + 1.2))
+    fig = new_figure(6.4, max(2.5, 0.28 * len(names) + 1.2))
     ax = fig.add_subplot()
     positions = range(len(names))
     ax.barh(list(positions), [float(sparsity[n]) for n in names], color="tab:blue")
@@ -195,7 +203,7 @@ def plot_study_scatter(
         xv, yv = _as_float(_lookup(trial, x)), _as_float(_lookup(trial, y))
         if xv is not None and yv is not None:
             points.append((xv, yv))
-    fig = _new_figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     if points:
         xs, ys = zip(*points, strict=True)

@@ -119,16 +119,28 @@ def study_objectives(study_tags: dict[str, str]) -> list[Objective]:
     return listed if listed and listed[0] == first else [first]
 
 
-def _finished_trials(client: MlflowClient, study_name: str, experiment_id: str) -> dict[str, Any]:
-    """trial id -> its finished run (the latest one if a trial has several)."""
-    trials = list(search_all_runs(client, [experiment_id], f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'"))
+def finished_trial_runs(
+    client: MlflowClient, experiment_id: str
+) -> tuple[dict[str, Any], Counter[str]]:
+    """The trial runs (``s2ap.role=trial``) of an experiment: trial id -> its finished run (the
+    latest one if a restored trial has several), and how many of the other runs have each
+    status (``RUNNING``, ``FAILED``, ``KILLED``): a running or failed trial is not a result."""
+    trials = search_all_runs(client, [experiment_id], f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'")
     finished: dict[str, Any] = {}
+    unfinished: Counter[str] = Counter()
     for r in sorted(trials, key=lambda r: r.info.end_time or 0):
         if r.info.status == "FINISHED":
             finished[r.data.tags.get(TAG_TRIAL_ID) or r.info.run_id] = r
+        else:
+            unfinished[r.info.status] += 1
+    return finished, unfinished
+
+
+def _finished_trials(client: MlflowClient, study_name: str, experiment_id: str) -> dict[str, Any]:
+    """:func:`finished_trial_runs`; :class:`NoFinishedTrialError` (with the statuses) if none."""
+    finished, unfinished = finished_trial_runs(client, experiment_id)
     if not finished:
-        counts = Counter(r.info.status for r in trials)
-        listing = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trial runs"
+        listing = ", ".join(f"{n} {s}" for s, n in sorted(unfinished.items())) or "no trial runs"
         raise NoFinishedTrialError(
             f"study {study_name!r} has no finished trial ({listing}); wait for trials to finish or "
             "resume the study"
@@ -326,6 +338,7 @@ __all__ = [
     "PulledMask",
     "StudyNotFoundError",
     "find_best_trial",
+    "finished_trial_runs",
     "pull_best_mask",
     "pull_mask",
 ]

@@ -24,20 +24,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
-from tracking.artifacts import config_hash
 from tracking.client import (
     EXPERIMENT_TAGS,
     PRIMARY_METRIC,
     ROLE_STUDY,
     ROLE_TRIAL,
-    TAG_CONFIG_HASH,
-    TAG_DEVICE,
     TAG_OBJECTIVE_METRIC,
     TAG_OBJECTIVE_MODE,
     TAG_OBJECTIVES,
     TAG_PARENT,
-    TAG_PHASE,
     TAG_ROLE,
     TAG_STUDY,
     TAG_TRIAL_ID,
@@ -49,20 +46,14 @@ from tracking.client import (
     search_all_runs,
     sqlite_path,
 )
-from tracking.params import flatten_params, tag_value, version_tags
+from tracking.params import flatten_params
 from tracking.selection import Objective
 from tracking.trial import TrialTracker
 from tracking.writer import ParamConflictError, RunWriter
 
-# Names other modules import from here (kept so ``from tracking.runs import X`` goes on working).
+# This module's own names, and the client names its callers (tests among them) import from here.
 __all__ = [
     "EXPERIMENT_TAGS",
-    "PRIMARY_METRIC",
-    "TAG_DEVICE",
-    "TAG_PHASE",
-    "TAG_ROLE",
-    "TAG_STUDY",
-    "TAG_TRIAL_ID",
     "ParamConflictError",
     "StudyTracker",
     "TrackingUnavailableError",
@@ -73,7 +64,6 @@ __all__ = [
     "metric_history",
     "objective_tags",
     "resolve_tracking_uri",
-    "version_tags",
 ]
 
 _log = logging.getLogger(__name__)
@@ -195,23 +185,15 @@ class StudyTracker(RunWriter):
             f"tags.`{TAG_STUDY}` = {filter_quote(self.study_name)} "
             f"AND tags.`{TAG_ROLE}` = '{ROLE_STUDY}'"
         )
-        tags = {
-            **version_tags(),
-            **{k: tag_value(v) for k, v in self.extra_tags.items()},
-            TAG_STUDY: self.study_name,
-            TAG_ROLE: ROLE_STUDY,
-            TAG_CONFIG_HASH: config_hash(self.study_config),
-        }
-        run = self._find_run(self.experiment_id, flt, f"study {self.study_name!r}")
-        if run is not None:
-            self._reopen(run, self.study_config)
-        else:
-            self.parent_run_id = self._create_once(
-                self.experiment_id, flt, f"study {self.study_name!r}", self.study_name, tags
-            )
-        self._finished = False
-        # A new run got its tags when it was created; a reopened one may carry old values.
-        self.log_params_and_tags(self.study_config, tags if self.resumed else {})
+        identity = {TAG_STUDY: self.study_name, TAG_ROLE: ROLE_STUDY}
+        self._open_run(
+            self.experiment_id,
+            flt,
+            f"study {self.study_name!r}",
+            self.study_name,
+            self.study_config,
+            self._run_tags(self.study_config, self.extra_tags, identity),
+        )
         if self.study_text is not None:
             self.log_text(self.study_text, "study.yaml")
         return self.run_id
@@ -275,8 +257,9 @@ class StudyTracker(RunWriter):
         return logged
 
 
-def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
-    """(step, value) pairs of a metric, ordered by step, for plots and checks."""
-    client = make_client(tracking_uri)
+def metric_history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) pairs of a metric, ordered by step (then time), for plots and checks."""
     hist = client.get_metric_history(run_id, key)
-    return [(m.step, m.value) for m in sorted(hist, key=lambda m: (m.step, m.timestamp))]
+    return [
+        (int(m.step), float(m.value)) for m in sorted(hist, key=lambda m: (m.step, m.timestamp))
+    ]

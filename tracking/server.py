@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-import requests
+from tracking.client import server_answers
 
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
@@ -209,10 +209,7 @@ class MlflowServer:
 
     def healthy(self, timeout_s: float = 2.0) -> bool:
         """True if ``GET /health`` answers 200."""
-        try:
-            return requests.get(self.url + "/health", timeout=timeout_s).status_code == 200
-        except requests.RequestException:
-            return False
+        return server_answers(self.url, timeout_s)
 
     def start(self) -> MlflowServer:
         """Start the server and wait until ``/health`` answers; raise MlflowServerError if not."""

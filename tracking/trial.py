@@ -17,14 +17,12 @@ import torch
 from tracking.artifacts import (
     MASK_SUFFIX,
     STATE_DICT_SUFFIX,
-    config_hash,
     read_mask_header,
     save_masks,
     save_state_dict,
 )
 from tracking.client import (
     ROLE_TRIAL,
-    TAG_CONFIG_HASH,
     TAG_PARENT,
     TAG_ROLE,
     TAG_STUDY,
@@ -33,7 +31,7 @@ from tracking.client import (
     resolve_tracking_uri,
     sqlite_path,
 )
-from tracking.params import check_name, tag_value, version_tags
+from tracking.params import check_name
 from tracking.writer import RunWriter
 
 __all__ = ["TrialTracker"]
@@ -94,31 +92,20 @@ class TrialTracker(RunWriter):
         self.trial_id, self.experiment_name = trial_id, experiment_name
         self.parent_run_id = parent_run_id
         self.experiment_id = self._experiment_id()
-        all_tags = {
-            **version_tags(),
-            **{k: tag_value(v) for k, v in (tags or {}).items()},
-            TAG_STUDY: experiment_name,
-            TAG_TRIAL_ID: trial_id,
-            TAG_ROLE: ROLE_TRIAL,
-            TAG_CONFIG_HASH: config_hash(dict(params)),
-        }
+        identity = {TAG_STUDY: experiment_name, TAG_TRIAL_ID: trial_id, TAG_ROLE: ROLE_TRIAL}
         flt = (
             f"tags.`{TAG_TRIAL_ID}` = {filter_quote(trial_id)} AND "
             f"tags.`{TAG_PARENT}` = {filter_quote(parent_run_id)}"
         )
-        run = self._find_run(self.experiment_id, flt, f"trial {trial_id!r}")
-        if run is not None:
-            self._reopen(run, params)
-        else:
-            self.run_id = self._create_once(
-                self.experiment_id,
-                flt,
-                f"trial {trial_id!r}",
-                run_name or trial_id,
-                {**all_tags, TAG_PARENT: parent_run_id},
-            )
-        # After the writes a previous process of this trial queued (the outbox goes first).
-        self.log_params_and_tags(params, all_tags if self.resumed else {})
+        self._open_run(
+            self.experiment_id,
+            flt,
+            f"trial {trial_id!r}",
+            run_name or trial_id,
+            params,
+            self._run_tags(params, tags or {}, identity),
+            created_tags={TAG_PARENT: parent_run_id},
+        )
         return self
 
     def _experiment_id(self) -> str:

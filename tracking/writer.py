@@ -20,7 +20,9 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from tracking.artifacts import config_hash
 from tracking.client import (
+    TAG_CONFIG_HASH,
     TAG_PHASE,
     TrackingUnavailableError,
     is_http,
@@ -28,7 +30,7 @@ from tracking.client import (
     server_answers,
 )
 from tracking.outbox import Outbox, describe_op, execute_op, is_transient
-from tracking.params import flatten_params, now_ms, tag_value, to_number
+from tracking.params import flatten_params, now_ms, tag_value, to_number, version_tags
 
 __all__ = ["TERMINAL_STATUSES", "ParamConflictError", "RunWriter"]
 
@@ -42,8 +44,8 @@ class ParamConflictError(ValueError):
 
 
 class RunWriter:
-    """Writes to one MLflow run through the outbox. Subclasses find (:meth:`_find_run`,
-    :meth:`_reopen`) or create the run."""
+    """Writes to one MLflow run through the outbox. Subclasses find it again or create it
+    (:meth:`_open_run`)."""
 
     tracking_uri: str
     run_id: str
@@ -65,15 +67,62 @@ class RunWriter:
         self._finished = False
         self._params = {}
 
+    @property
+    def client(self) -> MlflowClient:
+        """The client this run is written with (for reads such as a metric's history)."""
+        return self._client
+
     # -- finding the run ----------------------------------------------------------------
-    def _find_run(self, experiment_id: str, flt: str, what: str) -> Any | None:
-        """The oldest active run matching ``flt`` (the one to reuse), or ``None``."""
-        runs = self._call(
+    @staticmethod
+    def _run_tags(
+        config: Mapping[str, Any], extra: Mapping[str, Any], identity: Mapping[str, str]
+    ) -> dict[str, str]:
+        """A run's tags: versions, ``extra`` (as strings), ``identity`` (study, role, trial)
+        and the hash of its ``config``."""
+        return {
+            **version_tags(),
+            **{k: tag_value(v) for k, v in extra.items()},
+            **identity,
+            TAG_CONFIG_HASH: config_hash(dict(config)),
+        }
+
+    def _open_run(
+        self,
+        experiment_id: str,
+        flt: str,
+        what: str,
+        run_name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        created_tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Reuse the run ``flt`` finds (:meth:`_reopen`) or create it with ``tags`` (and
+        ``created_tags``); then log the params it lacks.
+
+        A reused run gets ``tags`` again (it may carry old values); a new one has them already.
+        """
+        run = self._find_run(experiment_id, flt, what)
+        if run is not None:
+            self._reopen(run, params)
+        else:
+            new_tags = {**tags, **(created_tags or {})}
+            self.run_id = self._create_once(experiment_id, flt, what, run_name, new_tags)
+        self._finished = False
+        # After the writes a previous process of this run queued (the outbox goes first).
+        self.log_params_and_tags(params, tags if self.resumed else {})
+
+    def _search(self, experiment_id: str, flt: str, what: str) -> list[Any]:
+        """The active runs matching ``flt``, oldest first."""
+        return self._call(
             lambda: self._client.search_runs(
                 [experiment_id], filter_string=flt, order_by=["attributes.start_time ASC"]
             ),
             f"search_runs({what})",
         )
+
+    def _find_run(self, experiment_id: str, flt: str, what: str) -> Any | None:
+        """The oldest active run matching ``flt`` (the one to reuse), or ``None``."""
+        runs = self._search(experiment_id, flt, what)
         if len(runs) > 1:
             _log.warning(
                 "%s has %d runs; using the oldest (%s)", what, len(runs), runs[0].info.run_id
@@ -93,12 +142,7 @@ class RunWriter:
             lambda: self._client.create_run(experiment_id, run_name=run_name, tags=dict(tags)),
             f"create_run({what})",
         )
-        runs = self._call(
-            lambda: self._client.search_runs(
-                [experiment_id], filter_string=flt, order_by=["attributes.start_time ASC"]
-            ),
-            f"search_runs({what})",
-        )
+        runs = self._search(experiment_id, flt, what)
         for extra in runs[1:]:
             _log.warning("%s: deleting duplicate run %s", what, extra.info.run_id)
             self._call(lambda r=extra: self._client.delete_run(r.info.run_id), "delete_run")
@@ -286,11 +330,6 @@ class RunWriter:
         """Number of writes waiting in this run's outbox."""
         return len(self._outbox)
 
-    def flush(self) -> bool:
-        """Try to send queued writes now; True if nothing is left."""
-        with self._lock:
-            return self._replay()
-
     def finish(self, status: str = "FINISHED") -> int:
         """Flush the outbox and mark the run ``FINISHED``/``FAILED``/``KILLED``.
 
@@ -316,14 +355,3 @@ class RunWriter:
                     self._outbox.path,
                 )
             return left
-
-    def __enter__(self) -> RunWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            self.finish("FINISHED")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.finish("KILLED")
-        else:
-            self.finish("FAILED")

@@ -30,7 +30,6 @@ from tune.untrusted import check_tensor_file, load_tensor_file
 
 __all__ = [
     "TrialState",
-    "check_trial_checkpoint",
     "load_trial_checkpoint",
     "read_test_numbers",
     "read_trial_info",
@@ -53,8 +52,6 @@ class TrialState:
     pipelines: list[dict[str, Any]]
     last_prune: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The last prune-epoch values of the prune-only metrics (carried into finetune results)."""
-    logged_prune_end: bool = False
-    """Whether the prune-end masks are already in MLflow."""
 
 
 def write_trial_checkpoint(
@@ -85,11 +82,11 @@ def read_trial_state(directory: str | os.PathLike[str]) -> TrialState:
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: no {_STATE_FILE}; not an s2ap trial checkpoint")
     raw = load_tensor_file(path)
+    # Keys of older checkpoints that nothing reads any more (``logged_prune_end``) are ignored.
     return TrialState(
         seeds=list(raw["seeds"]),
         pipelines=list(raw["pipelines"]),
         last_prune=dict(raw.get("last_prune", {})),
-        logged_prune_end=bool(raw.get("logged_prune_end", False)),
     )
 
 
@@ -110,15 +107,6 @@ def _dense_file(info: dict[str, Any]) -> str | None:
     return path if isinstance(path, str) and Path(path).is_file() else None
 
 
-def check_trial_checkpoint(directory: str | os.PathLike[str]) -> None:
-    """Refuse a checkpoint folder whose ``state.pt`` (or the dense model its ``trial.json``
-    names) holds anything but tensors and plain data; reads no tensor (cheap)."""
-    check_tensor_file(Path(directory, _STATE_FILE))
-    dense = _dense_file(read_trial_info(directory))
-    if dense is not None:
-        check_tensor_file(dense)
-
-
 def load_trial_checkpoint(
     checkpoint_dir: str | os.PathLike[str],
     *,
@@ -130,13 +118,16 @@ def load_trial_checkpoint(
     ``pipelines[i].model`` is the masked model at the checkpoint, ``.selected_model()`` the one
     selected on validation, ``.masking.sparsity_report()`` its measured sparsity.
     """
-    check_trial_checkpoint(checkpoint_dir)  # before any work: nothing runs on a refused file
+    # Before any work (reading no tensor): nothing runs on a refused state.pt or dense model.
+    check_tensor_file(Path(checkpoint_dir, _STATE_FILE))
     info = read_trial_info(checkpoint_dir)
+    dense_file = _dense_file(info)
+    if dense_file is not None:
+        check_tensor_file(dense_file)
     state = read_trial_state(checkpoint_dir)
     cfg = RunConfig.model_validate(info["run_config"])
     device = torch.device(device)
     data = data if data is not None else cached_data(cfg, device)
-    dense_file = _dense_file(info)
     dense = cached_dense(dense_file) if dense_file else None
     pipelines = []
     for seed, pstate in zip(info["seeds"], state.pipelines):

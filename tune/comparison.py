@@ -51,26 +51,33 @@ class BaselineComparison(TypedDict):
     """best_value - value for ``max`` objectives, value - best_value for ``min``."""
 
 
-def _flat_config(study: Study, row: TrialRow) -> dict[str, Any] | None:
+def _flat_config(base: dict[str, Any], row: TrialRow) -> dict[str, Any] | None:
     """The trial's whole run config, flattened (``None`` if it does not build)."""
     try:
-        return flatten(build_trial_config(study.base_dict(), row["config"]).model_dump(mode="json"))
+        return flatten(build_trial_config(base, row["config"]).model_dump(mode="json"))
     except ConfigError:
         return None
 
 
-def _comparable_s2ap(study: Study, rows: Sequence[TrialRow], baseline: str) -> list[TrialRow]:
+def _searched_s2ap(study: Study, rows: Sequence[TrialRow]) -> list[tuple[TrialRow, dict[str, Any]]]:
+    """The searched trials of the ``score`` arm, each with its flattened run config."""
+    base = study.base_dict()
+    out = []
+    for r in rows:
+        cfg = _flat_config(base, r) if r["baseline"] is None else None
+        if cfg and cfg["prune.perturbation"] == "score":
+            out.append((r, cfg))
+    return out
+
+
+def _comparable_s2ap(
+    study: Study, searched: Sequence[tuple[TrialRow, dict[str, Any]]], baseline: str
+) -> list[TrialRow]:
     """Searched S2AP trials that share the baseline's settings other than its arm."""
     fixed = {
         k: v for k, v in study.settings.baselines[baseline].items() if k != "prune.perturbation"
     }
-    out = []
-    for r in rows:
-        cfg = _flat_config(study, r) if r["baseline"] is None else None
-        if cfg and cfg["prune.perturbation"] == "score":
-            if all(cfg.get(k) == v for k, v in fixed.items()):
-                out.append(r)
-    return out
+    return [r for r, cfg in searched if all(cfg.get(k) == v for k, v in fixed.items())]
 
 
 def _seed_group(rows: Sequence[TrialRow], row: TrialRow) -> list[TrialRow]:
@@ -100,9 +107,10 @@ def _mean_spread(group: Sequence[TrialRow], metric: str) -> tuple[float | None, 
 def compare_with_baselines(study: Study, rows: Sequence[TrialRow]) -> list[BaselineComparison]:
     """One comparison per baseline of the study (empty without baselines)."""
     metric, mode = study.objective.metric, study.objective.mode
+    searched = _searched_s2ap(study, rows) if study.settings.baselines else []
     out = []
     for name in study.settings.baselines:
-        best = best_trial(study, _comparable_s2ap(study, rows, name))
+        best = best_trial(study, _comparable_s2ap(study, searched, name))
         best_value, best_seeds, best_spread = (
             _mean_spread(_seed_group(rows, best), metric) if best else (None, 0, None)
         )

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from s2ap.config import ConfigError, RunConfig
-from tune.baselines import BASELINE_KEY, trial_values
+from tune.baselines import BASELINE_KEY
 from tune.search import build_trial_config
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "TrialContext",
     "baseline_name",
     "make_trial_context",
-    "sampled_values",
     "trial_run_config",
 ]
 
@@ -51,7 +50,6 @@ class TrialContext:
     """``StudyTracker.trial_context()``: where the trial's MLflow run goes; ``None``: nowhere."""
     gpu: float = 0.0
     allow_cpu_fallback: bool = False
-    search_keys: tuple[str, ...] = ()
     test_eval: dict[str, Any] | None = None
     """``evaluate`` overrides (possibly empty): evaluate on the test set at the trial's end."""
 
@@ -60,7 +58,6 @@ class TrialContext:
         data = dataclasses.asdict(self)
         data["phases"] = list(self.phases)
         data["seeds"] = list(self.seeds) if self.seeds else None
-        data["search_keys"] = list(self.search_keys)
         return data
 
     @classmethod
@@ -72,11 +69,10 @@ class TrialContext:
                 f"trial config has no {CONTEXT_KEY!r} context; start trials through "
                 "tune.service (s2ap tune) or pass make_trial_context(...) under that key"
             )
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)}  # older contexts may hold more keys
         fields = {k: v for k, v in ctx.items() if k in known}
         fields["phases"] = tuple(fields.get("phases") or ())
         fields["seeds"] = tuple(fields["seeds"]) if fields.get("seeds") else None
-        fields["search_keys"] = tuple(fields.get("search_keys") or ())
         return cls(**fields)
 
 
@@ -91,7 +87,6 @@ def make_trial_context(
     tracking: dict[str, str] | None = None,
     gpu: float = 0.0,
     allow_cpu_fallback: bool = False,
-    search_keys: Sequence[str] | None = None,
     test_eval: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The context (JSON form) every trial of a study receives under :data:`CONTEXT_KEY`."""
@@ -105,15 +100,8 @@ def make_trial_context(
         tracking=tracking,
         gpu=float(gpu),
         allow_cpu_fallback=bool(allow_cpu_fallback),
-        search_keys=tuple(search_keys or ()),
         test_eval=test_eval,
     ).to_config()
-
-
-def sampled_values(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The run-config values of a trial (``{dotted path: value}``): what the searcher sampled,
-    or a baseline's fixed values; without the context and the baseline's name."""
-    return trial_values(config)
 
 
 def baseline_name(config: Mapping[str, Any]) -> str | None:

@@ -48,8 +48,10 @@ def fail_orphan_optuna_trials(study: Study) -> int:
     return len(running)
 
 
-def close_dangling_runs(tracker: Any, rows: Iterable[TrialRow]) -> int:
-    """Settle the MLflow trial runs Tune's record disagrees with; return how many orphans.
+def close_dangling_runs(tracker: Any, rows: Iterable[TrialRow]) -> list[dict[str, Any]] | None:
+    """Settle the MLflow trial runs Tune's record disagrees with; return the trial runs it read
+    (:meth:`tracking.runs.StudyTracker.trials`, as read: before it settled them), or ``None``
+    when MLflow could not be read or written.
 
     * a trial Tune ended without its Trainable's knowledge (a crashed actor, a lost node):
       its run is FAILED/KILLED instead of RUNNING forever;
@@ -58,21 +60,21 @@ def close_dangling_runs(tracker: Any, rows: Iterable[TrialRow]) -> int:
       run is not part of the study's results: KILLED, tagged ``s2ap.outcome=orphaned`` (the
       best-trial lookup and reports read FINISHED runs only).
     """
-    from tracking.runs import make_client
+    from tracking.client import make_client
 
     state = {r["trial_id"]: r["state"] for r in rows}
-    orphans = 0
     try:
         client = make_client(tracker.tracking_uri)
-        for run in tracker.trials():
+        runs = tracker.trials()
+        for run in runs:
             if run["trial_id"] not in state:
                 if run["tags"].get("s2ap.outcome") != ORPHANED:
                     client.set_tag(run["run_id"], "s2ap.outcome", ORPHANED)
                     client.set_terminated(run["run_id"], "KILLED")
-                orphans += 1
             elif run["status"] == "RUNNING":
                 status = "FAILED" if state[run["trial_id"]] == "ERROR" else "KILLED"
                 client.set_terminated(run["run_id"], status)
     except Exception as exc:  # bookkeeping only
         _log.warning("could not settle the trial runs in MLflow: %s", exc)
-    return orphans
+        return None
+    return runs

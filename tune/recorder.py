@@ -83,7 +83,7 @@ def trial_tags(
     values its arm uses), the baseline it runs (``s2ap.baseline``), the device."""
     import ray
 
-    from tracking.runs import TAG_DEVICE
+    from tracking.client import TAG_DEVICE
 
     ignored = ignored_fields(cfg)
     used = {k: v for k, v in sampled.items() if k not in ignored}
@@ -113,15 +113,18 @@ def test_metrics(numbers: Mapping[str, Any]) -> dict[str, float]:
 
 def _last_epoch_step(tracker: TrialTracker) -> int:
     """The last epoch a reopened run already holds (0: none): a trial restarted from its
-    checkpoint redoes the epochs after it, and must not log them twice."""
-    from tracking.client import make_client
+    checkpoint redoes the epochs after it, and must not log them twice.
+
+    Read after :meth:`TrialTracker.open`, which first sends what a previous process of the
+    trial left queued: the run's metrics as it was found (before that) could miss an epoch."""
+    from tracking.runs import metric_history
 
     try:
-        history = make_client(tracker.tracking_uri).get_metric_history(tracker.run_id, "epoch")
+        history = metric_history(tracker.client, tracker.run_id, "epoch")
     except Exception:  # best effort: at worst a redone epoch is logged twice
         _log.warning("could not read the logged epochs of trial %s", tracker.trial_id)
         return 0
-    return max((int(m.step) for m in history), default=0)
+    return max((step for step, _ in history), default=0)
 
 
 class TrialRecorder:
@@ -190,10 +193,10 @@ class TrialRecorder:
             return
         self._finished = True
         try:
+            tags = {"s2ap.outcome": OUTCOMES[status]}
             if error is not None:
-                reason = f"{type(error).__name__}: {error}"[:4000]
-                self._tracker.set_tags({"s2ap.error": reason})
-            self._tracker.set_tags({"s2ap.outcome": OUTCOMES[status]})
+                tags["s2ap.error"] = f"{type(error).__name__}: {error}"[:4000]
+            self._tracker.set_tags(tags)
             self._tracker.finish(status)
         except Exception:
             _log.exception("could not finish the MLflow run of trial %s", self._tracker.trial_id)

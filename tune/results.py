@@ -20,7 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
-from tune.context import baseline_name, sampled_values
+from tune.baselines import trial_values
+from tune.context import baseline_name
 from tune.study import Study, StudyError
 from tune.trial_records import TrialRecord, has_trial_records, read_trial_records
 
@@ -95,7 +96,7 @@ def trial_row(study: Study, trial: TrialRecord) -> TrialRow:
         state=trial.status,
         epochs=epochs,
         completed=epochs >= study.epochs_per_trial and trial.status == "TERMINATED",
-        config=sampled_values(config),
+        config=trial_values(config),
         baseline=baseline_name(config),
         metrics={k: _value(last, k) for k in keys},
         checkpoint=trial.checkpoint,

@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from tune.console import best_effort, warn
 from tune.options import LaunchOptions, StudyOutcome
-from tune.storage import check_storage, is_complete
+from tune.storage import check_storage
 from tune.study import Study, StudyError
 from tune.timings import StepTimes, process_start_time
 
@@ -73,16 +73,14 @@ def run_study(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Tune's per-result loggers: only the JSON one, which the run config names (tune.tuner).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    launch = _Launch(
-        study, options, _tracking_uri(study, options), out or sys.stdout, err or sys.stderr
-    )
+    tracking_uri = study.resolve_tracking_uri(options.tracking_uri)
+    launch = _Launch(study, options, tracking_uri, out or sys.stdout, err or sys.stderr)
     # The interpreter's start and the imports before this line.
     launch.times.since("start_to_service", process_start_time())
     with launch.times.step("storage_checks"):
-        check_storage(
+        complete = check_storage(
             study, launch.tracking_uri, resume=options.resume, overwrite=options.overwrite
         )
-        complete = is_complete(study, launch.tracking_uri)
     if not (options.resume or options.overwrite) and complete:
         return _show_complete(study, launch.out)
     # MLflow's imports and a new store's schema, in a thread while Ray starts (tune.warmup).
@@ -93,27 +91,16 @@ def run_study(
     finally:
         warmup.discard()
     if outcome.summary.get("timings") is not None:
-        outcome.summary["timings"] = _final_timings(launch)
+        _final_timings(launch, outcome.summary)
     return outcome
 
 
-def _final_timings(launch: _Launch) -> dict[str, float]:
+def _final_timings(launch: _Launch, summary: dict[str, Any]) -> None:
     """The last steps (the study run's records, Ray's shutdown) join ``summary.json``."""
     from tune.summary import update_timings
 
     launch.times.since("total", process_start_time())
-    return update_timings(launch.study, launch.times)
-
-
-def _tracking_uri(study: Study, options: LaunchOptions) -> str:
-    from tracking.runs import resolve_tracking_uri
-
-    try:
-        return resolve_tracking_uri(
-            options.tracking_uri or study.settings.tracking_uri, study.storage_root
-        )
-    except ValueError as exc:
-        raise StudyError(f"study.tracking_uri: {exc}") from None
+    update_timings(launch.study, summary, launch.times)
 
 
 def _show_complete(study: Study, out: IO[str]) -> StudyOutcome:
@@ -167,24 +154,21 @@ def _study_tracker(study: Study, tracking_uri: str) -> Any:
     from tracking.runs import StudyTracker
     from tune.results import study_objectives
 
-    settings = study.settings
+    fingerprint = study.fingerprint()
     return StudyTracker(
         tracking_uri,
         study.name,
         # MLflow params are write-once: only what --resume keeps fixed (the fingerprint).
-        study_config={
-            "study": settings.model_dump(mode="json", exclude={"test_eval", "max_failures"}),
-            "search_space": study.space.to_dict(),
-        },
+        study_config={key: fingerprint[key] for key in ("study", "search_space")},
         storage_root=study.storage_root,
-        study_text=study.path.read_text() if study.path else None,
+        study_text=study.text,
         tags={"s2ap.storage_root": str(study.storage_root)},
         objectives=study_objectives(study),
     )
 
 
 def _start(tracker: Any) -> None:
-    from tracking.runs import TrackingUnavailableError
+    from tracking.client import TrackingUnavailableError
 
     try:
         tracker.start()
@@ -194,7 +178,7 @@ def _start(tracker: Any) -> None:
 
 def _record_start(launch: _Launch, tracker: Any, restore: bool) -> None:
     """A new search starts clean (no stale Optuna study); study.json records the launch."""
-    from tune.storage import drop_stale_optuna_study, read_study_json, write_study_json
+    from tune.storage import drop_stale_optuna_study, write_study_json
 
     study, options = launch.study, launch.options
     if not restore:
@@ -206,7 +190,7 @@ def _record_start(launch: _Launch, tracker: Any, restore: bool) -> None:
                 "it. Pass --overwrite to remove the old runs, or set another study.name",
                 launch.err,
             )
-    if not options.resume or read_study_json(study.experiment_dir) is None:
+    if not options.resume or not study.study_json.is_file():
         write_study_json(study, launch.tracking_uri)
 
 
@@ -256,11 +240,11 @@ def _conclude(
         return StudyOutcome(130, {"counts": count_text(rows), "trials": rows})
     with launch.times.step("results"):
         fail_orphan_optuna_trials(study)
-        close_dangling_runs(tracker, rows)
+        trial_runs = close_dangling_runs(tracker, rows)
     failed = [r for r in rows if r["state"] == "ERROR"]
     for r in failed:
         print(f"trial {r['trial_id']} failed: {error_text(r['error'])}", file=err)
-    summary = _summarise(launch, tracker, rows, wall, fit_start)
+    summary = _summarise(launch, tracker, rows, wall, fit_start, trial_runs=trial_runs)
     tracker.finish("FAILED" if failed else "FINISHED")
     return StudyOutcome(1 if failed else 0, summary)
 
@@ -285,10 +269,17 @@ def _test_numbers(launch: _Launch, tracker: Any, best: TrialRow | None) -> dict[
 
 
 def _summarise(
-    launch: _Launch, tracker: Any, rows: list[TrialRow], wall: float, fit_start: float
+    launch: _Launch,
+    tracker: Any,
+    rows: list[TrialRow],
+    wall: float,
+    fit_start: float,
+    *,
+    trial_runs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The best trial, its test numbers, ``summary.json`` (with the ``timings`` so far), the
-    study run's records, the printout."""
+    study run's records (``trial_runs``: the trial runs already read from MLflow), the
+    printout."""
     from tune.results import best_trial
     from tune.summary import build_summary, print_summary, record_summary, write_summary
     from tune.timings import study_timings
@@ -308,6 +299,6 @@ def _summarise(
         summary["timings"] = study_timings(times, study.experiment_dir, fit_start)
         write_summary(study, summary)
     with times.step("study_run_records"):
-        record_summary(tracker, study, summary)
+        record_summary(tracker, study, summary, trial_runs=trial_runs)
         print_summary(study, summary, launch.out)
     return summary

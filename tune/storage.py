@@ -58,11 +58,11 @@ def write_study_json(study: Study, tracking_uri: str) -> None:
     )
 
 
-def read_study_json(experiment_dir: Path) -> dict[str, Any] | None:
-    path = experiment_dir / "study.json"
-    if not path.is_file():
+def read_study_json(study: Study) -> dict[str, Any] | None:
+    """``study.json`` as the launch that started the study wrote it (``None``: not started)."""
+    if not study.study_json.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads(study.study_json.read_text(encoding="utf-8"))
 
 
 def study_exists(study: Study) -> bool:
@@ -76,25 +76,26 @@ def study_exists(study: Study) -> bool:
     return tune.Tuner.can_restore(str(study.experiment_dir))
 
 
-def _changes_since_start(study: Study, tracking_uri: str) -> list[str]:
-    """What differs between this launch and the one that started the study (dotted keys)."""
-    old = read_study_json(study.experiment_dir)
-    if old is None:
-        return []
-    changes = fingerprint_changes(old.get("fingerprint", {}), study.fingerprint())
-    if old.get("tracking_uri") and old["tracking_uri"] != tracking_uri:
-        changes.append(f"tracking_uri ({old['tracking_uri']!r} -> {tracking_uri!r})")
+def _changes_since_start(study: Study, tracking_uri: str, start: dict[str, Any]) -> list[str]:
+    """What differs between this launch and the one that started the study (``start``: its
+    ``study.json``), as dotted keys."""
+    changes = fingerprint_changes(start.get("fingerprint", {}), study.fingerprint())
+    if start.get("tracking_uri") and start["tracking_uri"] != tracking_uri:
+        changes.append(f"tracking_uri ({start['tracking_uri']!r} -> {tracking_uri!r})")
     return changes
+
+
+def _is_complete(study: Study, tracking_uri: str, start: dict[str, Any] | None) -> bool:
+    return (
+        start is not None
+        and study.summary_json.is_file()
+        and not _changes_since_start(study, tracking_uri, start)
+    )
 
 
 def is_complete(study: Study, tracking_uri: str) -> bool:
     """True when the study ran to its end (summary.json) from this very study file."""
-    old = read_study_json(study.experiment_dir)
-    if old is None or not study.summary_json.is_file():
-        return False
-    if old.get("tracking_uri") not in (None, tracking_uri):
-        return False
-    return not fingerprint_changes(old.get("fingerprint", {}), study.fingerprint())
+    return _is_complete(study, tracking_uri, read_study_json(study))
 
 
 def study_tensor_files(study: Study, *, resume: bool) -> list[Path]:
@@ -124,21 +125,23 @@ def check_study_files(study: Study, *, resume: bool) -> None:
         check_tensor_file(path)
 
 
-def check_storage(study: Study, tracking_uri: str, *, resume: bool, overwrite: bool) -> None:
+def check_storage(study: Study, tracking_uri: str, *, resume: bool, overwrite: bool) -> bool:
     """Refuse a launch that would mix two studies in one folder, or load a tampered tensor
-    file; writes nothing."""
+    file; writes nothing. Returns whether the study is complete (:func:`is_complete`)."""
     if resume and overwrite:
         raise StudyError("--resume and --overwrite exclude each other; pick one")
-    exists = study_exists(study)
+    start = read_study_json(study)
+    exists = start is not None or study_exists(study)
     here = study.shell_arg
     check_study_files(study, resume=resume and exists)
+    complete = _is_complete(study, tracking_uri, start)
     if resume:
         if not exists:
             raise StudyError(
                 f"nothing to resume: no study {study.name!r} in {study.storage_root}; "
                 f"start it with `s2ap tune {here}` (without --resume)"
             )
-        changes = _changes_since_start(study, tracking_uri)
+        changes = _changes_since_start(study, tracking_uri, start) if start is not None else []
         if changes:
             shown = "\n  ".join(changes[:20])
             raise StudyError(
@@ -146,27 +149,21 @@ def check_storage(study: Study, tracking_uri: str, *, resume: bool, overwrite: b
                 f"the same configuration. Changed:\n  {shown}\nRestore those values, or "
                 "start a new study (change study.name) or start over with --overwrite"
             )
-        return
-    if exists and not overwrite and not is_complete(study, tracking_uri):
+    elif exists and not overwrite and not complete:
         raise StudyError(
             f"study {study.name!r} already exists in {study.experiment_dir} and is not complete. "
             f"Continue it with `s2ap tune --resume {here}`, look at it with `s2ap status {here}`, "
             f"start over with `s2ap tune --overwrite {here}` (deletes its trials), or set "
             "another study.name"
         )
+    return complete
 
 
 def delete_study(study: Study, tracking_uri: str, out: IO[str]) -> None:
     """``--overwrite``: remove the Tune experiment, the Optuna study and the MLflow runs."""
-    import optuna
-
     if study.experiment_dir.exists():
         shutil.rmtree(study.experiment_dir)
-    if study.optuna_path.exists():
-        try:
-            optuna.delete_study(study_name=study.name, storage=study.optuna_url)
-        except KeyError:
-            pass
+    _delete_optuna_study(study)
     if not (study.storage_root.exists() or tracking_uri.startswith(("http://", "https://"))):
         return  # nothing was ever written
     try:
@@ -176,29 +173,34 @@ def delete_study(study: Study, tracking_uri: str, out: IO[str]) -> None:
     print(f"--overwrite: removed the previous results of study {study.name!r}", file=out)
 
 
+def _delete_optuna_study(study: Study) -> bool:
+    """Delete the study's Optuna study from optuna.db; False when there was none."""
+    import optuna
+
+    if not study.optuna_path.exists():
+        return False
+    try:
+        optuna.delete_study(study_name=study.name, storage=study.optuna_url)
+    except KeyError:
+        return False
+    return True
+
+
 def _delete_mlflow_runs(study_name: str, tracking_uri: str) -> None:
-    from tracking.runs import TAG_STUDY, make_client
+    from tracking.client import TAG_STUDY, filter_quote, make_client, search_all_runs
 
     client = make_client(tracking_uri)
     exp = client.get_experiment_by_name(study_name)
     if exp is None:
         return
-    runs = client.search_runs(
-        [exp.experiment_id], filter_string=f"tags.`{TAG_STUDY}` = '{study_name}'"
-    )
-    for run in runs:
+    flt = f"tags.`{TAG_STUDY}` = {filter_quote(study_name)}"
+    # Every page first: deleting while paging would shift the pages under the token.
+    for run in list(search_all_runs(client, [exp.experiment_id], flt)):
         client.delete_run(run.info.run_id)
 
 
 def drop_stale_optuna_study(study: Study, err: IO[str]) -> None:
     """A new study must not inherit an Optuna study of the same name left in optuna.db (its
     Tune experiment is gone, so its trials would only mislead the sampler)."""
-    import optuna
-
-    if not study.optuna_path.exists():
-        return
-    try:
-        optuna.delete_study(study_name=study.name, storage=study.optuna_url)
-    except KeyError:
-        return
-    warn(f"removed a stale Optuna study {study.name!r} from {study.optuna_path}", err)
+    if _delete_optuna_study(study):
+        warn(f"removed a stale Optuna study {study.name!r} from {study.optuna_path}", err)

@@ -287,8 +287,9 @@ class Study:
     """The base run config (before sampling); relative paths resolved."""
     space: SearchSpace
     storage_root: Path
-    raw: dict[str, Any]
-    """The file's content (as read), for the MLflow study run."""
+    text: str | None = None
+    """The study file's text as read and validated (``None`` when built from a dict): what
+    the MLflow study run records."""
 
     # --- layout ---------------------------------------------------------------------------
     @property
@@ -366,6 +367,17 @@ class Study:
     def fingerprint_hash(self) -> str:
         return config_hash(self.fingerprint())
 
+    def resolve_tracking_uri(self, override: str | None = None) -> str:
+        """The MLflow tracking URI (``override``, e.g. ``--tracking-uri``, else
+        ``study.tracking_uri``, else the store in ``storage_root``); :class:`StudyError` names
+        the field and the fix."""
+        from tracking.client import resolve_tracking_uri
+
+        try:
+            return resolve_tracking_uri(override or self.settings.tracking_uri, self.storage_root)
+        except ValueError as exc:
+            raise StudyError(f"study.tracking_uri: {exc}") from None
+
 
 # --------------------------------------------------------------------------------------------
 # load_study: read -> apply overrides -> validate sections -> resolve paths -> cross-checks
@@ -385,7 +397,7 @@ def load_study(
     file's folder). Raises :class:`StudyError` naming the field and the fix.
     """
     source = str(path) if path is not None else "study"
-    raw, study_path = _read(path, raw)
+    raw, study_path, text = _read(path, raw)
     if not isinstance(raw, dict):
         raise StudyError(f"{source}: expected a mapping at the top level")
     raw = _apply_overrides(raw, overrides or {})
@@ -405,14 +417,16 @@ def load_study(
         run_config=run_config,
         space=space,
         storage_root=Path(_resolve(base_folder, settings.storage_root) or ""),
-        raw={**raw, "study": study_raw, "search_space": space_raw},
+        text=text,
     )
 
 
-def _read(path: str | Path | None, raw: dict[str, Any] | None) -> tuple[Any, Path | None]:
-    """The file's content (or ``raw``) and the study file's absolute path."""
+def _read(
+    path: str | Path | None, raw: dict[str, Any] | None
+) -> tuple[Any, Path | None, str | None]:
+    """The file's content (or ``raw``), the study file's absolute path and its text."""
     if raw is not None:
-        return raw, Path(path).resolve() if path is not None else None
+        return raw, Path(path).resolve() if path is not None else None, None
     if path is None:
         raise StudyError("load_study: pass a study file path or raw=")
     p = Path(path)
@@ -431,7 +445,7 @@ def _read(path: str | Path | None, raw: dict[str, Any] | None) -> tuple[Any, Pat
             f"{p}: the file is empty; a study file needs a run config, a study: block and a "
             "search_space: (start from configs/quickstart.yaml)"
         )
-    return content, p.resolve()
+    return content, p.resolve(), text
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

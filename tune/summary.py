@@ -7,7 +7,6 @@ study and every trial's row; ``s2ap tune`` on a complete study prints it again.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -92,20 +91,27 @@ def write_summary(study: Study, summary: dict[str, Any]) -> None:
     write_json(study.summary_json, summary)
 
 
-def update_timings(study: Study, steps: Mapping[str, float]) -> dict[str, float]:
+def update_timings(study: Study, summary: dict[str, Any], steps: Mapping[str, float]) -> None:
     """Add the steps that ran after ``summary.json`` was written (the study run's records,
-    Ray's shutdown) to its ``timings`` section; returns the section. (The copy logged to the
-    study run is the one written first, without them.)"""
-    summary = json.loads(study.summary_json.read_text())
-    timings = {**summary.get("timings", {}), **{k: round(v, 4) for k, v in steps.items()}}
-    summary["timings"] = timings
-    write_json(study.summary_json, summary)
-    return timings
+    Ray's shutdown) to ``summary``'s ``timings`` section and write it again. (The copy logged
+    to the study run is the one written first, without them.)"""
+    summary["timings"] = {
+        **summary.get("timings", {}),
+        **{k: round(v, 4) for k, v in steps.items()},
+    }
+    write_summary(study, summary)
 
 
-def record_summary(tracker: Any, study: Study, summary: dict[str, Any]) -> None:
+def record_summary(
+    tracker: Any,
+    study: Study,
+    summary: dict[str, Any],
+    *,
+    trial_runs: list[dict[str, Any]] | None = None,
+) -> None:
     """The study run gets the best trial (its id as ``TAG_BEST_TRIAL_ID``, ``best/*`` metrics,
-    ``s2ap.best.*`` tags), ``summary.json`` and the study's scatter plots."""
+    ``s2ap.best.*`` tags), ``summary.json`` and the study's scatter plots (over ``trial_runs``,
+    :meth:`tracking.runs.StudyTracker.trials`; ``None``: read them from MLflow)."""
     from tracking.client import TAG_BEST_TRIAL_ID
     from tune.comparison import comparison_record, comparison_tags
 
@@ -124,7 +130,9 @@ def record_summary(tracker: Any, study: Study, summary: dict[str, Any]) -> None:
         tracker.set_tags({f"s2ap.best.{k}": v for k, v in best["config"].items()})
     tracker.log_artifact(study.summary_json)
     with best_effort("plotting the study"):
-        tracker.log_study_plots(hyperparameters=tuple(k.split(".")[-1] for k in study.space.keys))
+        tracker.log_study_plots(
+            trial_runs, hyperparameters=tuple(k.split(".")[-1] for k in study.space.keys)
+        )
 
 
 def _print_best(

@@ -24,9 +24,10 @@ from ray import tune
 from ray.tune.result import RESULT_DUPLICATE
 
 from s2ap.pipeline import Pipeline
+from tune.baselines import trial_values
 from tune.checkpoint import TrialState, read_test_numbers, read_trial_state, write_trial_checkpoint
 from tune.console import best_effort
-from tune.context import TrialContext, baseline_name, sampled_values, trial_run_config
+from tune.context import TrialContext, baseline_name, trial_run_config
 from tune.device import trial_device
 from tune.evaluation import evaluate_pipelines
 from tune.pipelines import (
@@ -71,13 +72,14 @@ class S2APTrainable(tune.Trainable):
         self.pipelines: list[Pipeline] = []
         self._trial_start_time = time.time()
         self._ctx = TrialContext.from_config(config)
-        self._sampled = sampled_values(config)
+        self._sampled = trial_values(config)
         self._baseline = baseline_name(config)
         self.cfg = trial_run_config(self._ctx, self._sampled)
+        # The run's params, also in each checkpoint (a reopened run must log the same values).
+        self._params = trial_params(self.cfg, self._ctx)
         # Replicates (study.seeds), else the trial's own seed (the run config's, or sampled).
         self._seeds = list(self._ctx.seeds or [self.cfg.seed])
         self._last_prune: dict[str, Any] = {}
-        self._logged_prune_end = False
         self._test: dict[str, Any] | None = None
         self._device_info: dict[str, str] = {}
         self._checkpoint_s = 0.0  # the last save_checkpoint, reported with the next result
@@ -119,9 +121,7 @@ class S2APTrainable(tune.Trainable):
             device_info=self._device_info,
             baseline=self._baseline,
         )
-        return TrialRecorder.open(
-            self._ctx.tracking, self.trial_id, trial_params(self.cfg, self._ctx), tags
-        )
+        return TrialRecorder.open(self._ctx.tracking, self.trial_id, self._params, tags)
 
     # --- Tune API -----------------------------------------------------------------------------
     @property
@@ -152,8 +152,7 @@ class S2APTrainable(tune.Trainable):
             prune_ended = any(
                 was and p.phase != "prune" for was, p in zip(in_prune, self.pipelines)
             )
-            if prune_ended and not self._logged_prune_end:
-                self._logged_prune_end = True
+            if prune_ended:  # once: the seeds run in lockstep and phases only go forward
                 self._log_masks("prune-end", selected_model=False)
         self._carry_prune_metrics(result)
         result.update(self._device_info)
@@ -209,8 +208,8 @@ class S2APTrainable(tune.Trainable):
             if selected_model:
                 masks, weights = selected_masks_and_weights(pipeline)
                 epoch = int(pipeline.best.get("epoch", pipeline.global_epoch))
-            else:
-                masks, weights, epoch = pipeline.masks(), None, pipeline.global_epoch
+            else:  # the mask the prune phase ended with
+                masks, weights, epoch = pipeline.prune_masks, None, pipeline.global_epoch
             self._recorder.log_masks(masks, self._mask_header(seed, name, epoch), artifact)
             if weights is not None:
                 self._recorder.log_weights(weights, artifact)
@@ -225,7 +224,6 @@ class S2APTrainable(tune.Trainable):
             seeds=list(self._seeds),
             pipelines=[p.state_dict() for p in self.pipelines],
             last_prune=self._last_prune,
-            logged_prune_end=self._logged_prune_end,
         )
         epoch = self.pipelines[0].global_epoch if self.pipelines else 0
         info = {
@@ -233,7 +231,7 @@ class S2APTrainable(tune.Trainable):
             "run_config": self.cfg.model_dump(mode="json"),
             "seeds": list(self._seeds),
             "phases": list(self._ctx.phases),
-            "params": trial_params(self.cfg, self._ctx),  # what the run holds (reopen must match)
+            "params": self._params,  # what the run holds (reopen must match)
             "study": self._ctx.study,
             "trial_id": self.trial_id,
             "epoch": epoch,
@@ -254,7 +252,6 @@ class S2APTrainable(tune.Trainable):
         for pipeline, pstate in zip(self.pipelines, state.pipelines):
             pipeline.load_state_dict(pstate)
         self._last_prune = state.last_prune
-        self._logged_prune_end = state.logged_prune_end
         self._selected_masks.clear()
         self._test = read_test_numbers(checkpoint)
 

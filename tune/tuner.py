@@ -41,7 +41,6 @@ def trial_param_space(
         tracking=tracking,
         gpu=settings.resources.gpu,
         allow_cpu_fallback=settings.allow_cpu_fallback,
-        search_keys=study.space.keys,
         test_eval=evaluate_overrides(study) if settings.test_eval.every_trial else None,
     )
     return {CONTEXT_KEY: context}

@@ -163,6 +163,22 @@ def test_mask_is_cached_across_forward_passes(counted_topk):
     assert counted_topk["n"] == 0
 
 
+def test_invalidate_names_reselects_only_those_layers(counted_topk):
+    net = tiny_net()
+    masking = ScoreMasking(net, sparsity=0.5)
+    masking.set_stage("prune")
+    x = torch.rand(2, 1, 8, 8)
+    net(x)
+    first = next(iter(masking.layers))
+    counted_topk["n"] = 0
+    masking.invalidate([first])
+    net(x)
+    assert counted_topk["n"] == 1
+    masking.invalidate()
+    net(x)
+    assert counted_topk["n"] == 1 + len(masking.layers)
+
+
 def _mask_of(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     k = kept_count(scores.numel(), sparsity)
     order = torch.argsort(scores.abs().flatten(), descending=True, stable=True)[:k]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from tests.support.ray_cluster import import_psutil
+from tests.support.ray_cluster import import_psutil, is_alive
 
 __all__ = ["descendants", "kill_leftovers"]
 
@@ -35,14 +35,7 @@ def kill_leftovers(procs: list, temp_dir: str, timeout: float = 30.0) -> None:
                     found[p.pid] = p
             except (psutil.Error, TypeError):
                 continue
-        out = []
-        for p in found.values():
-            try:
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    out.append(p)
-            except psutil.Error:
-                continue
-        return out
+        return [p for p in found.values() if is_alive(p)]
 
     deadline = time.monotonic() + timeout
     while (left := alive()) and time.monotonic() < deadline:

@@ -26,7 +26,7 @@ from tune.cluster import LoopbackHead, head_environment, loopback_head, wait_for
 if TYPE_CHECKING:
     import psutil
 
-__all__ = ["LocalRayCluster", "import_psutil"]
+__all__ = ["LocalRayCluster", "import_psutil", "is_alive"]
 
 
 def import_psutil() -> Any:
@@ -39,7 +39,8 @@ def import_psutil() -> Any:
         return importlib.import_module("psutil")
 
 
-def _alive(proc: psutil.Process) -> bool:
+def is_alive(proc: psutil.Process) -> bool:
+    """Whether ``proc`` still runs (a zombie, exited but not yet reaped, counts as gone)."""
     psutil = import_psutil()
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
@@ -50,10 +51,10 @@ def _alive(proc: psutil.Process) -> bool:
 def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
     """Wait until none of ``procs`` is alive (zombies count as gone); return the survivors."""
     deadline = time.monotonic() + timeout
-    alive = [p for p in procs if _alive(p)]
+    alive = [p for p in procs if is_alive(p)]
     while alive and time.monotonic() < deadline:
         time.sleep(0.1)
-        alive = [p for p in alive if _alive(p)]
+        alive = [p for p in alive if is_alive(p)]
     return alive
 
 
@@ -260,7 +261,7 @@ class LocalRayCluster:
     def pids(self) -> set[int]:
         """PIDs of this cluster's processes that are alive now."""
         self._record_processes()
-        return {pid for pid, proc in self._known.items() if _alive(proc)}
+        return {pid for pid, proc in self._known.items() if is_alive(proc)}
 
     def started_pids(self) -> set[int]:
         """Every PID this cluster recorded as its own since start (alive or not)."""
@@ -306,7 +307,7 @@ class LocalRayCluster:
         psutil = import_psutil()
         remaining = _wait_gone(list(self._known.values()), timeout=5.0)
         for _ in range(3):
-            remaining += [p for p in self._session_processes() if _alive(p)]
+            remaining += [p for p in self._session_processes() if is_alive(p)]
             if not remaining:
                 return
             for straggler in remaining:

@@ -7,6 +7,7 @@ so that every verdict kind appears.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,14 @@ from tracking.report import (
     CANNOT_TELL,
     REFUTES,
     SUPPORTS,
+    Cell,
     TrialRun,
     build_report,
     judge,
     load_trial_runs,
     mean_std,
     overall,
+    render_markdown,
 )
 from tracking.runs import StudyTracker, TrialTracker
 from tune.cli import main
@@ -86,6 +89,7 @@ ARMS = {
 
 
 def _params(perturbation: str, seed: int, *, awp: bool, sparsity: float, rho: float, steps: int):
+    perturbs = {"warmup_epochs": WARMUP, "rho": rho, "ascent_steps": steps}
     return {
         "name": "fake",
         "seed": seed,
@@ -95,11 +99,10 @@ def _params(perturbation: str, seed: int, *, awp: bool, sparsity: float, rho: fl
         "pretrain": {"epochs": 15},
         "prune": {
             "epochs": PRUNE_EPOCHS,
-            "warmup_epochs": WARMUP,
             "sparsity": sparsity,
             "perturbation": perturbation,
-            "rho": rho,
-            "ascent_steps": steps,
+            # as real runs: a HYDRA trial logs none of the params its arm never reads
+            **({} if perturbation == "none" else perturbs),
         },
         "finetune": {"epochs": FINETUNE_EPOCHS, "awp": {"enabled": awp, "gamma": 0.005}},
         "validation": {"sharpness_rho": 0.1, "hessian_iters": 20},
@@ -238,6 +241,10 @@ def test_report_from_mlflow_runs(fake_store: tuple[str, dict[str, str]]) -> None
     # prune epochs are the steps that logged mask_hamming (finetune times are not among them)
     assert rs[0].prune_series("epoch_time_s") == [1.0] + [pytest.approx(1.15 * 0.999)] * 3
     assert rs[1].mean_post_warmup("mask_hamming") == pytest.approx(0.004)
+    # HYDRA runs log no warm-up, yet skip the same warm-up epochs as the arms they are compared to
+    hydra = report.arm_cells[Cell("HYDRA", "AT", 0.9)]
+    assert all("prune.warmup_epochs" not in r.params and r.warmup == WARMUP for r in hydra)
+    assert hydra[1].mean_post_warmup("mask_hamming") == pytest.approx(0.010)
 
     claims = _claims(report)
     assert _find(claims, "S2AP has higher AutoAttack accuracy than HYDRA") == SUPPORTS
@@ -262,6 +269,9 @@ def test_report_command_writes_page(fake_store: tuple[str, dict[str, str]], tmp_
     code = main(["report", "fake-arms", "fake-radius", "--tracking-uri", uri, "--out", str(out)])
     assert code == 0
     text = out.read_text()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # the mode open() would give it
     # tables: mean +- std per cell (percent), verdicts, every run id in the appendix
     assert (
         "| AWP | 0.9 | S2AP (rho 0.1, 1 step) | 3 | 90.0 ± 0.0 | 70.0 ± 1.0 | 65.0 ± 1.0 |" in text
@@ -334,3 +344,35 @@ def test_repeat_check_note() -> None:
     assert "0.00 points (bit-identical runs)" in notes[0]
     runs[-1].metrics["test_autoattack_acc"] = 0.61
     assert "1.00 points (runs are not bit-identical)" in build_report(runs).notes[0]
+
+
+def test_runs_without_a_logged_warmup_share_the_window() -> None:
+    """A real HYDRA run does not log ``prune.warmup_epochs`` (its arm never reads it): its
+    after-warm-up window must still skip the warm-up of the S2AP runs it is compared with, or the
+    Hamming and prune-time claims measure different epochs for the two arms."""
+    runs = []
+    for seed in SEEDS:
+        hydra = _run("a", "HYDRA", seed, seconds=2.0)
+        for key in ("prune.warmup_epochs", "prune.rho", "prune.ascent_steps"):
+            del hydra.params[key]
+        s2ap = _run("a", "S2AP", seed, seconds=2.3)
+        s2ap.params["prune.warmup_epochs"] = "2"
+        runs += [hydra, s2ap]
+    for r, seconds in zip(runs, [2.0, 2.3] * len(SEEDS)):
+        # two warm-up epochs that change the mask more and run faster than the others
+        r.history["mask_hamming"] = [(1, 0.05), (2, 0.05), (3, 0.01), (4, 0.01)]
+        r.history["epoch_time_s"] = [(1, 0.5), (2, 0.5), (3, seconds), (4, seconds)]
+    report = build_report(runs)
+    windows = {
+        c.arm: {(r.warmup, r.post_warmup("epoch_time_s")[0]) for r in rs}
+        for c, rs in report.arm_cells.items()
+    }
+    assert windows == {"HYDRA": {(2, 2.0)}, "S2AP": {(2, 2.3)}}
+    # Over the same epochs the masks are equally stable and S2AP's epochs cost 15% more; with
+    # HYDRA's warm-up in its window, S2AP would look stabler and +84% slower.
+    claims = _claims(report)
+    assert _find(claims, "S2AP masks are more stable") == CANNOT_TELL
+    assert _find(claims, "S2AP costs about 15% more pruning time") == SUPPORTS
+    # The page's setup line shows the warm-up the runs logged, not a "?" for HYDRA's.
+    text = render_markdown(report, studies=["a"], tracking_uris=["sqlite://"], figures={})
+    assert "warm-up epochs 2;" in text

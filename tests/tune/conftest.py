@@ -83,6 +83,23 @@ def write_study(
     return path
 
 
+def trial_config(folder: Path, **sampled: object) -> dict[str, Any]:
+    """A trial's config as Ray Tune hands it to the Trainable: the sampled values (rho 0.1, one
+    ascent step, then ``sampled``) and the study's context, for TINY_STUDY with 2 finetune
+    epochs written to ``folder``."""
+    from tune.context import CONTEXT_KEY, make_trial_context
+    from tune.study import load_study
+
+    study = load_study(write_study(folder, {"finetune.epochs": 2}))
+    ctx = make_trial_context(
+        study_name=study.name,
+        base=study.base_dict(),
+        phases=study.phases,
+        seeds=study.settings.seeds,
+    )
+    return {"prune.rho": 0.1, "prune.ascent_steps": 1, **sampled, CONTEXT_KEY: ctx}
+
+
 def short_tmp(prefix: str = "r") -> str:
     """A short temp dir (Ray's unix socket paths must stay under 107 bytes)."""
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp")

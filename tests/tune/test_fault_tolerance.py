@@ -26,8 +26,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.support.processes import kill_leftovers
-from tests.tune.conftest import S2AP, run_cli, short_tmp, write_study
-from tests.tune.test_trainable import _config
+from tests.tune.conftest import S2AP, run_cli, short_tmp, trial_config, write_study
 from tune.context import CONTEXT_KEY
 from tune.study import Study, load_study
 from tune.trainable import S2APTrainable
@@ -75,7 +74,7 @@ def _kill_worker_after(proc: subprocess.Popen[bytes], study: Study, epochs: int)
 def test_an_epoch_redone_after_a_restore_is_logged_once(tmp_path: Path) -> None:
     from tracking.runs import StudyTracker
 
-    config = _config(tmp_path)  # prune 3 + finetune 2 epochs
+    config = trial_config(tmp_path)  # prune 3 + finetune 2 epochs
     tracker = StudyTracker(None, "redo", study_config={}, storage_root=tmp_path / "store")
     tracker.start()
     config[CONTEXT_KEY]["tracking"] = tracker.trial_context()

@@ -16,8 +16,7 @@ import pytest
 import torch
 import yaml
 
-from tests.tune.conftest import REPO, TINY_STUDY, write_study
-from tune.context import CONTEXT_KEY, make_trial_context
+from tests.tune.conftest import REPO, TINY_STUDY, trial_config, write_study
 from tune.pipelines import SelectedMasks, build_pipelines
 from tune.study import load_study
 from tune.timings import (
@@ -108,16 +107,8 @@ def test_study_timings_merge_the_driver_steps_and_the_trials_records(tmp_path: P
 
 
 # --- the trial's timing results and the checkpoint's selected masks ----------------------------
-def _trial_config(tmp_path: Path) -> dict[str, Any]:
-    study = load_study(write_study(tmp_path, {"finetune.epochs": 2}))
-    ctx = make_trial_context(
-        study_name=study.name, base=study.base_dict(), phases=study.phases, seeds=None
-    )
-    return {"prune.rho": 0.1, "prune.ascent_steps": 1, CONTEXT_KEY: ctx}
-
-
 def test_a_trial_reports_its_set_up_once_and_each_epoch_split(tmp_path: Path) -> None:
-    trainable = S2APTrainable(config=_trial_config(tmp_path))
+    trainable = S2APTrainable(config=trial_config(tmp_path))
     first = trainable.train()[TIMING_KEY]
     assert {"worker_start_s", "dataset_s", "dense_s", "pipelines_s", "mlflow_run_s"} <= set(
         first["setup"]

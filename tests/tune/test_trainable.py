@@ -9,31 +9,19 @@ import pytest
 import torch
 from ray.tune.utils import validate_save_restore
 
-from tests.tune.conftest import write_study
+from tests.tune.conftest import trial_config
 from tune.checkpoint import load_trial_checkpoint
-from tune.context import CONTEXT_KEY, TrialConfigError, make_trial_context
-from tune.study import load_study
+from tune.context import CONTEXT_KEY, TrialConfigError
 from tune.trainable import S2APTrainable
-
-
-def _config(tmp_path: Path, **sampled: object) -> dict:
-    study = load_study(write_study(tmp_path, {"finetune.epochs": 2}))
-    ctx = make_trial_context(
-        study_name=study.name,
-        base=study.base_dict(),
-        phases=study.phases,
-        seeds=study.settings.seeds,
-    )
-    return {"prune.rho": 0.1, "prune.ascent_steps": 1, **sampled, CONTEXT_KEY: ctx}
 
 
 @pytest.mark.ray
 def test_validate_save_restore(tmp_path: Path, ray_local: object) -> None:
-    assert validate_save_restore(S2APTrainable, config=_config(tmp_path))
+    assert validate_save_restore(S2APTrainable, config=trial_config(tmp_path))
 
 
 def test_restore_is_exact(tmp_path: Path) -> None:
-    config = _config(tmp_path, **{"prune.perturbation": "score"})
+    config = trial_config(tmp_path, **{"prune.perturbation": "score"})
     straight = S2APTrainable(config=dict(config))
     results = [straight.train() for _ in range(5)]
     assert results[-1]["done"] is True
@@ -68,7 +56,7 @@ def test_restore_is_exact(tmp_path: Path) -> None:
 
 
 def test_several_seeds_report_mean_and_spread(tmp_path: Path) -> None:
-    config = _config(tmp_path)
+    config = trial_config(tmp_path)
     config[CONTEXT_KEY]["seeds"] = [0, 1]
     trainable = S2APTrainable(config=config)
     r = trainable.train()
@@ -78,12 +66,12 @@ def test_several_seeds_report_mean_and_spread(tmp_path: Path) -> None:
 
 
 def test_a_searched_seed_seeds_the_trial(tmp_path: Path) -> None:
-    trainable = S2APTrainable(config=_config(tmp_path, seed=3))
+    trainable = S2APTrainable(config=trial_config(tmp_path, seed=3))
     assert [p.cfg.seed for p in trainable.pipelines] == [3]
 
 
 def test_invalid_sampled_config_names_the_field(tmp_path: Path) -> None:
-    config = _config(tmp_path, **{"prune.ascent_steps": 0})
+    config = trial_config(tmp_path, **{"prune.ascent_steps": 0})
     with pytest.raises(TrialConfigError, match=r"prune\.ascent_steps"):
         S2APTrainable(config=config)
 
@@ -95,7 +83,7 @@ def test_a_finished_trial_restored_from_its_final_checkpoint_stays_finished(tmp_
 
     from tracking.runs import StudyTracker
 
-    config = _config(tmp_path)
+    config = trial_config(tmp_path)
     tracker = StudyTracker(None, "restore-final", study_config={}, storage_root=tmp_path / "store")
     tracker.start()
     config[CONTEXT_KEY]["tracking"] = tracker.trial_context()

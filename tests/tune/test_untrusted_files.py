@@ -23,6 +23,7 @@ import pytest
 import torch
 import yaml
 
+from tests.support.files import snapshot
 from tests.tune.conftest import run_cli, short_tmp, write_study
 from tune.checkpoint import read_trial_state
 from tune.cli import main
@@ -40,11 +41,6 @@ class Payload:
 
     def __reduce__(self) -> tuple[object, tuple[str]]:
         return os.system, (f"touch {shlex.quote(self.marker)}",)
-
-
-def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
-    """Every file under ``folder`` -> (size, mtime): what a refused command must not change."""
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
 @contextlib.contextmanager
@@ -99,14 +95,14 @@ def _refused(
 ) -> None:
     """Run ``s2ap ARGS`` in-process: exit 2, the file named, no traceback, no marker, and no
     file written or changed under ``folder``."""
-    before = _snapshot(folder)
+    before = snapshot(folder)
     code = main(args)
     err = capsys.readouterr().err
     assert code == 2, err
     assert str(planted_file) in err and REFUSAL in err, err
     assert "Traceback" not in err
     assert not marker.exists(), "the payload ran"
-    assert _snapshot(folder) == before
+    assert snapshot(folder) == before
 
 
 def test_the_payload_is_live(tmp_path: Path) -> None:
@@ -198,11 +194,8 @@ def test_run_refuses_a_tampered_checkpoint_and_dense_model(
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"")
     with planted(out / "checkpoint.pt", marker):
-        before = _snapshot(tmp_path)
-        assert main(["run", str(config), "--out", str(out), "--resume"]) == 2
-        err = capsys.readouterr().err
-        assert str(out / "checkpoint.pt") in err and REFUSAL in err, err
-        assert _snapshot(tmp_path) == before and not marker.exists()
+        args = ["run", str(config), "--out", str(out), "--resume"]
+        _refused(args, out / "checkpoint.pt", marker, capsys, tmp_path)
 
     dense = tmp_path / "dense.pt"
     dense.write_bytes(b"")
@@ -211,11 +204,7 @@ def test_run_refuses_a_tampered_checkpoint_and_dense_model(
     )
     fresh = tmp_path / "fresh"
     with planted(dense, marker):
-        before = _snapshot(tmp_path)
-        assert main(["run", str(config), "--out", str(fresh)]) == 2
-        err = capsys.readouterr().err
-        assert str(dense) in err and REFUSAL in err, err
-        assert _snapshot(tmp_path) == before and not marker.exists()
+        _refused(["run", str(config), "--out", str(fresh)], dense, marker, capsys, tmp_path)
         # s2ap masks apply reads a dense checkpoint too.
         mask = tmp_path / "m.s2mask"
         mask.write_bytes(b"")

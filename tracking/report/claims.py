@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from tracking.report.stats import (
     CANNOT_TELL,
@@ -22,7 +22,7 @@ from tracking.report.stats import (
     mean_std,
     overall,
 )
-from tracking.report.trials import Cell, TrialRun, by_seed, metric, values
+from tracking.report.trials import Cell, Cells, TrialRun, by_seed, metric, values
 
 __all__ = [
     "CLAIMED_OVERHEAD",
@@ -38,7 +38,6 @@ __all__ = [
 CLAIMED_OVERHEAD = 0.15
 OVERHEAD_TOLERANCE = 0.10
 
-Cells = Mapping[Cell, list[TrialRun]]
 Pairs = list[tuple[str, list[TrialRun], list[TrialRun]]]
 
 
@@ -105,11 +104,11 @@ def _claim_compare(
     return ClaimResult(claim, overall(v.verdict for _, v in cells), detail, cells)
 
 
-def _main_claim(cells: Cells) -> ClaimResult:
+def _main_claim(vs_hydra: Pairs) -> ClaimResult:
     """S2AP vs HYDRA on AutoAttack, and how many cells fall inside the claimed 1–2 points."""
     res = _claim_compare(
         "S2AP has higher AutoAttack accuracy than HYDRA (paper: +1–2 points)",
-        _comparisons(cells, "S2AP", "HYDRA"),
+        vs_hydra,
         metric("test_autoattack_acc"),
         "greater",
     )
@@ -126,9 +125,10 @@ def _main_claim(cells: Cells) -> ClaimResult:
 
 def _accuracy_claims(cells: Cells) -> list[ClaimResult]:
     aa = metric("test_autoattack_acc")
-    claims = [_main_claim(cells)]
+    vs_hydra = _comparisons(cells, "S2AP", "HYDRA")
+    claims = [_main_claim(vs_hydra)]
     for fin in ("AT", "AWP"):
-        pairs = [p for p in _comparisons(cells, "S2AP", "HYDRA") if p[0].startswith(fin + ",")]
+        pairs = [p for p in vs_hydra if p[1][0].finetune == fin]
         if pairs:
             claims.append(
                 _claim_compare(
@@ -150,16 +150,16 @@ def _accuracy_claims(cells: Cells) -> list[ClaimResult]:
     claims.append(
         _claim_compare(
             "S2AP has higher PGD accuracy than HYDRA (the search-time attack)",
-            _comparisons(cells, "S2AP", "HYDRA"),
+            vs_hydra,
             metric("test_pgd_acc"),
             "greater",
         )
     )
-    claims.append(_clean_claim(cells))
+    claims.append(_clean_claim(vs_hydra))
     return claims
 
 
-def _clean_claim(cells: Cells) -> ClaimResult:
+def _clean_claim(vs_hydra: Pairs) -> ClaimResult:
     """Clean accuracy beside robust accuracy (asked for by the reviewers; not a paper claim).
 
     A non-inferiority statement: it holds unless S2AP's clean accuracy is lower than HYDRA's by
@@ -168,7 +168,7 @@ def _clean_claim(cells: Cells) -> ClaimResult:
     fn = metric("test_clean_acc")
     cells_out = []
     detail = []
-    for label, a, b in _comparisons(cells, "S2AP", "HYDRA"):
+    for label, a, b in vs_hydra:
         v = judge(values(a, fn), values(b, fn), "greater")
         lower = v.verdict == REFUTES
         cells_out.append((label, dataclasses.replace(v, verdict=REFUTES if lower else SUPPORTS)))
@@ -180,7 +180,7 @@ def _clean_claim(cells: Cells) -> ClaimResult:
     return ClaimResult(
         "S2AP keeps clean accuracy: not lower than HYDRA beyond the seed spread (reported at "
         "the reviewers' request, not a claim of the paper)",
-        overall(v.verdict for _, v in cells_out) if cells_out else CANNOT_TELL,
+        overall(v.verdict for _, v in cells_out),
         detail or ["no pair of cells to compare in these studies"],
         cells_out,
     )
@@ -298,12 +298,7 @@ def _sweep_vs_hydra(sweep: Cells, arms: Cells) -> list[ClaimResult]:
     aa = metric("test_autoattack_acc")
     verdicts, detail = [], []
     for c, rs in sweep.items():
-        hydra = [
-            r
-            for hc, hr in arms.items()
-            if hc.arm == "HYDRA" and hc.finetune == c.finetune and hc.sparsity == c.sparsity
-            for r in hr
-        ]
+        hydra = arms.get(Cell("HYDRA", c.finetune, c.sparsity))  # HYDRA cells have no radius
         if not hydra:
             continue
         v = judge(values(rs, aa), values(hydra, aa), "greater")

@@ -3,27 +3,26 @@ per prune epoch, accuracy vs the radius rho."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from tracking.plots import new_figure
 from tracking.report.stats import mean_std
-from tracking.report.trials import ARM_ORDER, Cell, TrialRun, metric, values
+from tracking.report.trials import (
+    ARM_ORDER,
+    Cell,
+    Cells,
+    TrialRun,
+    metric,
+    per_prune_epoch,
+    prune_cells,
+    values,
+)
 
 __all__ = ["ARM_COLORS", "figure_hamming", "figure_rho", "figure_robust_vs_sparsity"]
 
-Cells = Mapping[Cell, list[TrialRun]]
 
 ARM_COLORS = {"HYDRA": "tab:blue", "S2AP": "tab:red", "random": "tab:gray"}
 STEP_COLORS = ("tab:red", "tab:orange", "tab:purple", "tab:brown")
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def _arm_errorbars(ax: Any, cells: Cells, fin: str, pos: dict[float, int]) -> None:
@@ -46,7 +45,7 @@ def _arm_errorbars(ax: Any, cells: Cells, fin: str, pos: dict[float, int]) -> No
 def figure_robust_vs_sparsity(cells: Cells) -> Any:
     """AutoAttack accuracy vs sparsity per arm, one panel per finetuning; bars = seed std."""
     fins = sorted({c.finetune for c in cells})
-    fig = _figure(3.4 * max(len(fins), 1), 3.2)
+    fig = new_figure(3.4 * max(len(fins), 1), 3.2)
     axes = fig.subplots(1, max(len(fins), 1), squeeze=False, sharey=True)[0]
     sparsities = sorted({c.sparsity for c in cells})
     pos = {s: i for i, s in enumerate(sparsities)}
@@ -63,10 +62,8 @@ def figure_robust_vs_sparsity(cells: Cells) -> Any:
 
 def _hamming_band(ax: Any, cell: Cell, rs: list[TrialRun]) -> None:
     """Mean Hamming distance per prune epoch over the seeds, with a ±std band."""
-    series = [r.prune_series("mask_hamming") for r in rs]
-    n = max(len(s) for s in series)
-    xs = list(range(1, n + 1))
-    ms = [mean_std(s[i] for s in series if len(s) > i) for i in range(n)]
+    ms = per_prune_epoch(rs, "mask_hamming")
+    xs = list(range(1, len(ms) + 1))
     color = ARM_COLORS.get(cell.arm)
     ax.plot(xs, [m.mean * 100 for m in ms], marker="o", ms=3, label=cell.arm, color=color)
     lo = [(m.mean - m.std) * 100 for m in ms]
@@ -76,13 +73,13 @@ def _hamming_band(ax: Any, cell: Cell, rs: list[TrialRun]) -> None:
 
 def figure_hamming(cells: Cells) -> Any:
     """Mask Hamming distance per prune epoch per arm (mean, band = seed std), per sparsity."""
-    prune_cells = {c: rs for c, rs in cells.items() if c.finetune == "AT"} or dict(cells)
-    sparsities = sorted({c.sparsity for c in prune_cells})
-    fig = _figure(3.2 * max(len(sparsities), 1), 3.0)
+    by_cell = prune_cells(cells)
+    sparsities = sorted({c.sparsity for c in by_cell})
+    fig = new_figure(3.2 * max(len(sparsities), 1), 3.0)
     axes = fig.subplots(1, max(len(sparsities), 1), squeeze=False)[0]
     for ax, sp in zip(axes, sparsities):
         warm = None
-        for c, rs in prune_cells.items():
+        for c, rs in by_cell.items():
             if c.sparsity == sp:
                 _hamming_band(ax, c, rs)
                 warm = rs[0].warmup
@@ -141,7 +138,7 @@ def _hydra_band(ax: Any, sweep: Cells, arms: Cells) -> None:
 def figure_rho(sweep: Cells, arms: Cells) -> Any:
     """AutoAttack accuracy vs rho per ascent-step count (error bars: seed std; dots: seeds),
     with HYDRA at the same sparsity/finetuning as a band."""
-    fig = _figure(5.0, 3.2)
+    fig = new_figure(5.0, 3.2)
     ax = fig.add_subplot()
     steps = sorted({c.ascent_steps or 1 for c in sweep})
     for k, st in enumerate(steps):

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tracking.artifacts import atomic_writer
+from tracking.plots import save_png
 from tracking.report.claims import ClaimResult, judge_claims
 from tracking.report.figures import figure_hamming, figure_rho, figure_robust_vs_sparsity
 from tracking.report.stats import CANNOT_TELL, REFUTES, SUPPORTS
@@ -42,6 +44,7 @@ from tracking.report.trials import (
     TrialRun,
     group_cells,
     load_trial_runs,
+    share_warmups,
     split_studies,
 )
 
@@ -85,7 +88,10 @@ class Report:
 
 
 def build_report(runs: Sequence[TrialRun], notes: Sequence[str] = ()) -> Report:
-    """Group the runs into cells and judge every claim (no I/O)."""
+    """Group the runs into cells and judge every claim (no I/O). Runs that log no warm-up
+    (HYDRA) are measured after the warm-up of the runs they are compared with
+    (:func:`~tracking.report.trials.share_warmups`)."""
+    runs = share_warmups(runs)
     arm_runs, sweep_runs = split_studies(runs)
     arm_cells = group_cells(arm_runs)
     sweep_cells = group_cells(sweep_runs)
@@ -146,7 +152,8 @@ def _setup_lines(runs: Sequence[TrialRun]) -> list[str]:
         return []
     parts = []
     for label, key in SETUP_PARAMS.items():
-        vals = sorted({r.params.get(key, "?") for r in runs})
+        # A run logs only the params its arm reads (HYDRA: no warm-up): show the logged ones.
+        vals = sorted({r.params[key] for r in runs if key in r.params}) or ["?"]
         parts.append(f"{label} {'/'.join(vals)}")
     dense = sorted({r.tags.get("s2ap.dense_hash", "") for r in runs} - {""})
     commits = sorted({r.tags.get("s2ap.git_commit", "")[:10] for r in runs} - {""})
@@ -272,8 +279,7 @@ def _write_figures(report: Report, out_dir: Path, fig_dir: Path, dpi: int) -> di
         made.append(("rho", figure_rho(report.sweep_cells, report.arm_cells)))
     figures = {}
     for key, fig in made:
-        path = fig_dir / f"{key}.png"
-        fig.savefig(path, format="png", dpi=dpi)
+        path = save_png(fig, fig_dir / f"{key}.png", dpi=dpi)
         figures[key] = os.path.relpath(path, out_dir)
     return figures
 
@@ -296,7 +302,6 @@ def write_report(
     out_path = Path(out).absolute()
     fig_dir = Path(figures_dir).absolute() if figures_dir else out_path.parent / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     figures = _write_figures(report, out_path.parent, fig_dir, dpi)
     text = render_markdown(
         report,
@@ -305,7 +310,6 @@ def write_report(
         figures=figures,
         command=command,
     )
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out_path)
+    with atomic_writer(out_path) as fh:
+        fh.write(text.encode("utf-8"))
     return report

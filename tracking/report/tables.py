@@ -5,10 +5,20 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 from tracking.report.stats import MeanStd, mean_std
-from tracking.report.trials import ARM_ORDER, TEST_METRICS, Cell, TrialRun, metric, values
+from tracking.report.trials import (
+    ARM_ORDER,
+    TEST_METRICS,
+    Cell,
+    Cells,
+    TrialRun,
+    metric,
+    per_prune_epoch,
+    prune_cells,
+    values,
+)
 
 __all__ = [
     "ACCURACY_HEADER",
@@ -23,7 +33,6 @@ __all__ = [
     "time_table",
 ]
 
-Cells = Mapping[Cell, list[TrialRun]]
 
 # Column headers, beside the functions that make the rows.
 ACCURACY_HEADER = ("finetune", "sparsity", "arm", "seeds", "clean", "PGD", "AutoAttack")
@@ -75,11 +84,6 @@ def _arm_label(c: Cell) -> str:
     return c.arm if c.rho is None else f"{c.arm} (rho {c.rho:g})"
 
 
-def _prune_cells(cells: Cells) -> dict[Cell, list[TrialRun]]:
-    """The AT cells: the prune phase does not depend on the finetuning (all cells if no AT)."""
-    return {c: rs for c, rs in cells.items() if c.finetune == "AT"} or dict(cells)
-
-
 def accuracy_table(cells: Cells) -> list[list[str]]:
     """Rows: finetune, sparsity, arm (+radius), seeds, clean, PGD, AutoAttack (percent)."""
     rows = []
@@ -98,19 +102,21 @@ def accuracy_table(cells: Cells) -> list[list[str]]:
 
 def hamming_table(cells: Cells) -> tuple[list[str], list[list[str]]]:
     """Mean (over seeds) Hamming distance in percent of the masked weights, per prune epoch."""
-    prune_cells = _prune_cells(cells)
+    by_cell = prune_cells(cells)
     n_epochs = max(
-        (len(r.prune_series("mask_hamming")) for rs in prune_cells.values() for r in rs), default=0
+        (len(r.prune_series("mask_hamming")) for rs in by_cell.values() for r in rs), default=0
     )
     header = ["sparsity", "arm", *[f"ep {i + 1}" for i in range(n_epochs)]]
     rows = []
-    for c, rs in prune_cells.items():
-        series = [r.prune_series("mask_hamming") for r in rs]
-        row = [f"{c.sparsity:g}", _arm_label(c)]
-        for i in range(n_epochs):
-            m = mean_std(s[i] for s in series if len(s) > i)
-            row.append(f"{m.mean * 100:.3g}" if m.n else "–")
-        rows.append(row)
+    for c, rs in by_cell.items():
+        means = per_prune_epoch(rs, "mask_hamming", n_epochs)
+        rows.append(
+            [
+                f"{c.sparsity:g}",
+                _arm_label(c),
+                *[f"{m.mean * 100:.3g}" if m.n else "–" for m in means],
+            ]
+        )
     return header, rows
 
 
@@ -127,7 +133,7 @@ def landscape_table(cells: Cells) -> list[list[str]]:
     """Rows: sparsity, arm, mean Hamming after warm-up, sharpness and Hessian at prune end."""
     return [
         [f"{c.sparsity:g}", _arm_label(c), str(len(rs)), *_landscape_numbers(rs)]
-        for c, rs in _prune_cells(cells).items()
+        for c, rs in prune_cells(cells).items()
     ]
 
 

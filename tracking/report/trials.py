@@ -14,38 +14,49 @@ Two kinds of study are recognised from their content, not their names:
 * a **radius sweep**: a study whose S2AP trials use more than one (``prune.rho``,
   ``prune.ascent_steps``) combination.
 
-A *cell* is one configuration without its seed.
+A *cell* is one configuration without its seed. A run logs only the params its arm reads (a
+HYDRA run has no ``prune.warmup_epochs``): :func:`share_warmups` gives it the warm-up of the runs
+it is compared with, so that every arm is measured over the same prune epochs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from tracking.client import ROLE_TRIAL, TAG_ROLE, TAG_TRIAL_ID, make_client, search_all_runs
-from tracking.pull import StudyNotFoundError, study_experiment
+from tracking.client import make_client
+from tracking.pull import StudyNotFoundError, finished_trial_runs, study_experiment
+from tracking.report.stats import MeanStd, mean_std
 
 __all__ = [
     "ARMS",
     "ARM_ORDER",
     "HISTORY_KEYS",
     "TEST_METRICS",
+    "WARMUP_PARAM",
     "Cell",
+    "Cells",
     "ReportError",
     "TrialRun",
     "group_cells",
     "load_trial_runs",
+    "per_prune_epoch",
+    "prune_cells",
+    "share_warmups",
     "split_studies",
 ]
 
 #: prune.perturbation -> the arm's name on the page, in display order.
 ARMS: dict[str, str] = {"none": "HYDRA", "score": "S2AP", "random": "random"}
 ARM_ORDER = list(ARMS.values())
+#: The flattened param of the prune warm-up (epochs before S2AP starts perturbing).
+WARMUP_PARAM = "prune.warmup_epochs"
 #: Per-epoch series the page needs from each run.
 HISTORY_KEYS = ("mask_hamming", "sharpness", "epoch_time_s")
 #: Test metrics (what the end-of-trial evaluation logs), as shown on the page.
@@ -78,6 +89,8 @@ class TrialRun:
     metrics: dict[str, float]
     history: dict[str, list[tuple[int, float]]] = dataclasses.field(default_factory=dict)
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: The warm-up of a run that logs none (set by :func:`share_warmups`).
+    shared_warmup: int = 0
 
     @property
     def arm(self) -> str:
@@ -105,8 +118,18 @@ class TrialRun:
         return int(_num(self.params.get("seed"), 0))
 
     @property
+    def logged_warmup(self) -> int | None:
+        """``prune.warmup_epochs`` as the run logged it; ``None`` for an arm that never reads it
+        (HYDRA: a run logs only the params its arm uses)."""
+        value = _num(self.params.get(WARMUP_PARAM))
+        return int(value) if math.isfinite(value) else None
+
+    @property
     def warmup(self) -> int:
-        return int(_num(self.params.get("prune.warmup_epochs"), 0))
+        """The prune epochs before the after-warm-up window: the logged warm-up, else the one
+        shared by the runs it is compared with (:func:`share_warmups`)."""
+        logged = self.logged_warmup
+        return self.shared_warmup if logged is None else logged
 
     @property
     def cell(self) -> Cell:
@@ -169,35 +192,15 @@ def _study_experiment_id(client: MlflowClient, tracking_uri: str, name: str) -> 
         raise ReportError(str(exc)) from None
 
 
-def _finished_by_trial(runs: Iterable[Any]) -> tuple[dict[str, Any], dict[str, int]]:
-    """trial id -> its latest finished run (a restored trial may have several); and how many
-    runs of each other status were left out."""
-    by_trial: dict[str, Any] = {}
-    other: dict[str, int] = defaultdict(int)
-    for r in runs:
-        tid = r.data.tags.get(TAG_TRIAL_ID, r.info.run_id)
-        if r.info.status != "FINISHED":
-            other[r.info.status] += 1
-            continue
-        old = by_trial.get(tid)
-        if old is None or (r.info.end_time or 0) > (old.info.end_time or 0):
-            by_trial[tid] = r
-    return by_trial, other
-
-
 def _history(
     client: MlflowClient, run_id: str, keys: Sequence[str]
 ) -> dict[str, list[tuple[int, float]]]:
-    history = {}
-    for key in keys:
-        hist = client.get_metric_history(run_id, key)
-        history[key] = [
-            (m.step, m.value) for m in sorted(hist, key=lambda m: (m.step, m.timestamp))
-        ]
-    return history
+    from tracking.runs import metric_history  # the run writers' module: the page only reads
+
+    return {key: metric_history(client, run_id, key) for key in keys}
 
 
-def _study_notes(name: str, by_trial: dict[str, Any], other: dict[str, int]) -> list[str]:
+def _study_notes(name: str, by_trial: dict[str, Any], other: Mapping[str, int]) -> list[str]:
     notes = []
     if other:
         shown = ", ".join(f"{n} {s}" for s, n in sorted(other.items()))
@@ -227,8 +230,7 @@ def load_trial_runs(
     notes: list[str] = []
     for name in studies:
         exp_id = _study_experiment_id(client, tracking_uri, name)
-        found = search_all_runs(client, [exp_id], f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'")
-        by_trial, other = _finished_by_trial(found)
+        by_trial, other = finished_trial_runs(client, exp_id)
         for tid, r in sorted(by_trial.items()):
             runs_out.append(
                 TrialRun(
@@ -247,6 +249,10 @@ def load_trial_runs(
 
 # --------------------------------------------------------------------------------------------
 # Grouping
+
+
+#: The runs of each cell: what the claims, tables and figures take.
+Cells = Mapping[Cell, list[TrialRun]]
 
 
 def group_cells(runs: Iterable[TrialRun]) -> dict[Cell, list[TrialRun]]:
@@ -268,6 +274,34 @@ def _cell_key(item: tuple[Cell, Any]) -> tuple[Any, ...]:
     )
 
 
+def _warmup_groups(r: TrialRun) -> tuple[tuple[Any, ...], ...]:
+    """Where a run's warm-up is looked up, nearest first: its (study, finetuning, sparsity),
+    its study, every run."""
+    return ((r.study, r.finetune, r.sparsity), (r.study,), ())
+
+
+def share_warmups(runs: Sequence[TrialRun]) -> list[TrialRun]:
+    """The runs, each one that logs no warm-up (HYDRA) given the warm-up its nearest group
+    logs (:func:`_warmup_groups`; the most common value if it logs several).
+
+    Without this a HYDRA run's after-warm-up window would start at prune epoch 1 while the
+    S2AP runs it is compared with skip their warm-up: the Hamming and prune-time claims would
+    measure different epochs for the two arms.
+    """
+    logged: dict[tuple[Any, ...], Counter[int]] = defaultdict(Counter)
+    for r in runs:
+        if r.logged_warmup is not None:
+            for group in _warmup_groups(r):
+                logged[group][r.logged_warmup] += 1
+    out = []
+    for r in runs:
+        groups = [logged[g] for g in _warmup_groups(r) if g in logged]
+        if r.logged_warmup is None and groups:
+            r = dataclasses.replace(r, shared_warmup=groups[0].most_common(1)[0][0])
+        out.append(r)
+    return out
+
+
 def split_studies(runs: Sequence[TrialRun]) -> tuple[list[TrialRun], list[TrialRun]]:
     """(runs of arm-comparison studies, S2AP runs of radius-sweep studies); see module doc."""
     arms: dict[str, set[str]] = defaultdict(set)
@@ -279,6 +313,22 @@ def split_studies(runs: Sequence[TrialRun]) -> tuple[list[TrialRun], list[TrialR
     arm_runs = [r for r in runs if len(arms[r.study]) > 1]
     sweep_runs = [r for r in runs if r.arm == "S2AP" and len(radii[r.study]) > 1]
     return arm_runs, sweep_runs
+
+
+def prune_cells(cells: Mapping[Cell, list[TrialRun]]) -> dict[Cell, list[TrialRun]]:
+    """The AT cells: the prune phase does not depend on the finetuning (all cells if no AT)."""
+    return {c: rs for c, rs in cells.items() if c.finetune == "AT"} or dict(cells)
+
+
+def per_prune_epoch(
+    runs: Sequence[TrialRun], key: str, n_epochs: int | None = None
+) -> list[MeanStd]:
+    """Mean ± std over the runs (seeds) of ``key`` at each prune epoch (index 0 = epoch 1), for
+    ``n_epochs`` epochs (default: the longest run's); a run that lacks an epoch is left out of
+    that epoch's numbers."""
+    series = [r.prune_series(key) for r in runs]
+    n = max((len(s) for s in series), default=0) if n_epochs is None else n_epochs
+    return [mean_std(s[i] for s in series if len(s) > i) for i in range(n)]
 
 
 def values(runs: Sequence[TrialRun], fn: Callable[[TrialRun], float]) -> list[float]:

@@ -87,8 +87,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [UserError, ConfigError]
     if "tracking" in sys.modules:  # a tracking error can only come from an imported tracking
         from tracking.artifacts import MaskFileError
+        from tracking.client import TrackingUnavailableError
         from tracking.pull import NoFinishedTrialError, StudyNotFoundError
-        from tracking.runs import ParamConflictError, TrackingUnavailableError
+        from tracking.runs import ParamConflictError
         from tracking.server import MlflowServerError
 
         errors += [

@@ -171,7 +171,6 @@ def load_study_args(args: argparse.Namespace) -> Any:
     """The validated study of ``args.study`` with ``--set``/``--storage-root``/``--num-samples``."""
     from tune.study import load_study
 
-    check_config_file(args.study)
     overrides = parse_set(getattr(args, "set", None))
     if getattr(args, "storage_root", None):
         root = Path(args.storage_root).expanduser().absolute()
@@ -187,13 +186,9 @@ def load_study_args(args: argparse.Namespace) -> Any:
 
 
 def tracking_uri_for(study: Any, override: str | None) -> str:
-    """The study's MLflow tracking URI (``--tracking-uri`` first, then ``study.tracking_uri``)."""
-    from tracking.runs import resolve_tracking_uri
-
-    try:
-        return resolve_tracking_uri(override or study.settings.tracking_uri, study.storage_root)
-    except ValueError as exc:
-        raise UserError(f"tracking_uri: {exc}") from None
+    """The study's MLflow tracking URI (``--tracking-uri`` first, then ``study.tracking_uri``;
+    :meth:`tune.study.Study.resolve_tracking_uri`)."""
+    return study.resolve_tracking_uri(override)
 
 
 def study_or_name(
@@ -210,7 +205,7 @@ def study_or_name(
             f"{arg}: no such study file; give the study's YAML file, or its name together with "
             "--tracking-uri"
         )
-    from tracking.runs import resolve_tracking_uri
+    from tracking.client import resolve_tracking_uri
 
     try:
         return arg, resolve_tracking_uri(tracking_uri, "."), None

@@ -27,16 +27,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu", action="store_true", help="evaluate on the CPU even with a GPU")
 
 
-def _pick(study: Any, status: dict[str, Any], trial: str | None) -> dict[str, Any]:
+def _pick(study: Any, trial: str | None) -> dict[str, Any]:
     """The row of ``--trial``, or the best trial's; it must have a checkpoint."""
+    from tune.results import best_trial, read_trial_rows
+
+    rows = read_trial_rows(study)
     if trial:
-        rows = [r for r in status["trials"] if r["trial_id"] == trial]
-        if not rows:
-            ids = ", ".join(r["trial_id"] for r in status["trials"])
+        chosen = [r for r in rows if r["trial_id"] == trial]
+        if not chosen:
+            ids = ", ".join(r["trial_id"] for r in rows)
             raise UserError(f"--trial {trial}: no such trial in {study.name} ({ids})")
-        row = rows[0]
+        row = chosen[0]
     else:
-        row = status["best"]
+        row = best_trial(study, rows)
         if row is None:
             raise UserError(f"study {study.name} has no completed trial; pass --trial ID")
     if not row.get("checkpoint"):
@@ -50,10 +53,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from tune.evaluation import evaluate_trial_checkpoint
-    from tune.status import study_status
 
     study = load_study_args(args)
-    row = _pick(study, study_status(study), args.trial)
+    row = _pick(study, args.trial)
     overrides: dict[str, Any] = {}
     if args.n_examples is not None:
         overrides["n_examples"] = args.n_examples

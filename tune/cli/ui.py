@@ -4,14 +4,13 @@ trials (:func:`tracking.ui.serve_study_ui`), until Ctrl-C."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from tune.cli.common import (
     PORT,
     Command,
-    UserError,
     add_study_arguments,
     load_study_args,
+    require_store,
     tracking_uri_for,
 )
 
@@ -30,11 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     study = load_study_args(args)
     uri = tracking_uri_for(study, args.tracking_uri)
-    db = Path(uri.removeprefix("sqlite:///"))
-    if uri.startswith("sqlite:///") and not db.is_file():
-        raise UserError(
-            f"no MLflow store at {db} yet; run the study first (s2ap tune {args.study})"
-        )
+    require_store(uri, study.name)
     return serve_study_ui(
         uri, study.name, storage_root=study.storage_root, host=args.host, port=args.port
     )
