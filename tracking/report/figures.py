@@ -9,7 +9,6 @@ from tracking.plots import new_figure
 from tracking.report.stats import mean_std
 from tracking.report.trials import (
     ARM_ORDER,
-    Cell,
     Cells,
     TrialRun,
     metric,
@@ -60,12 +59,12 @@ def figure_robust_vs_sparsity(cells: Cells) -> Any:
     return fig
 
 
-def _hamming_band(ax: Any, cell: Cell, rs: list[TrialRun]) -> None:
+def _hamming_band(ax: Any, arm: str, rs: list[TrialRun]) -> None:
     """Mean Hamming distance per prune epoch over the seeds, with a ±std band."""
     ms = per_prune_epoch(rs, "mask_hamming")
     xs = list(range(1, len(ms) + 1))
-    color = ARM_COLORS.get(cell.arm)
-    ax.plot(xs, [m.mean * 100 for m in ms], marker="o", ms=3, label=cell.arm, color=color)
+    color = ARM_COLORS.get(arm)
+    ax.plot(xs, [m.mean * 100 for m in ms], marker="o", ms=3, label=arm, color=color)
     lo = [(m.mean - m.std) * 100 for m in ms]
     hi = [(m.mean + m.std) * 100 for m in ms]
     ax.fill_between(xs, lo, hi, alpha=0.2, color=color)
@@ -81,7 +80,7 @@ def figure_hamming(cells: Cells) -> Any:
         warm = None
         for c, rs in by_cell.items():
             if c.sparsity == sp:
-                _hamming_band(ax, c, rs)
+                _hamming_band(ax, c.arm, rs)
                 warm = rs[0].warmup
         if warm:
             ax.axvline(warm + 0.5, color="k", lw=0.8, ls=":")
