@@ -7,9 +7,12 @@ field's dotted path in the message (:func:`format_validation_error`).
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import hashlib
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,9 +34,12 @@ __all__ = [
     "RunConfig",
     "ThreatConfig",
     "ValidationConfig",
+    "canonical_json",
     "config_hash",
+    "flatten",
     "format_validation_error",
     "load_run_config",
+    "read_yaml_file",
 ]
 
 
@@ -130,7 +136,18 @@ class PretrainConfig(_TrainConfig):
 
 
 class HarpConfig(_Strict):
-    """HARP's learned per-layer rates (Zhao & Wressnegger, ICLR 2023); read when host is harp."""
+    """HARP's learned per-layer rates (Zhao & Wressnegger, ICLR 2023); read when host is harp.
+
+    - ``alpha``: floor of a layer's keep rate, as a fraction of ``1 - sparsity``.
+    - ``gamma``: budget-loss weight step, ``gamma * (epoch + 1)`` until the budget is met.
+    - ``rate_lr``: the rates' learning rate; null uses ``prune.lr`` (one optimizer, as HARP).
+    - ``init``: where the rates start: ``target`` keeps ``1 - sparsity`` in every layer;
+      ``ten_percent`` keeps 10% in every layer whatever the target, as HARP's shipped strategies
+      (``010_uni``) do. The first mask is the same (the split is exact and proportional); the
+      budget loss starts at ``max(0.1 / (1 - sparsity) - 1, 0)`` instead of 0.
+    - ``rate_weight_decay``: the rates' weight decay; null uses ``prune.weight_decay`` (1e-4);
+      HARP's CIFAR-10 config decays everything, rates included, with 5e-4.
+    """
 
     alpha: float = Field(
         0.1, ge=0.0, lt=1.0, description="floor of a layer's rate, as a fraction of 1 - sparsity"
@@ -143,6 +160,14 @@ class HarpConfig(_Strict):
     )
     rate_lr: LearningRate | None = Field(
         None, description="learning rate of the rates; null uses prune.lr (one optimizer, as HARP)"
+    )
+    init: Literal["target", "ten_percent"] = Field(
+        "target",
+        description="start of every layer's rate: the target 1 - sparsity, or 10% kept "
+        "(HARP's shipped strategies)",
+    )
+    rate_weight_decay: WeightDecay | None = Field(
+        None, description="weight decay of the rates; null uses prune.weight_decay"
     )
 
 
@@ -158,20 +183,48 @@ class PruneConfig(_TrainConfig):
     include: list[str] | None = None
     exclude: list[str] | None = None
     bn_trainable: bool = True
-    perturbation: Literal["score", "random", "none"] = "score"
+    perturbation: str = Field(
+        "score",
+        description="the arm (s2ap.arms.ARMS): score (S2AP), random (control), none (host only)",
+    )
     rho: Radius = Field(0.1, description="radius (relative: gamma; absolute: global rho)")
     radius: Literal["relative", "absolute"] = "relative"
     ascent_steps: PositiveInt = 1
     warmup_epochs: NonNegInt = 5
-    host: Literal["hydra", "harp"] = "hydra"
+    host: str = Field("hydra", description="the host method (s2ap.arms.HOSTS): hydra or harp")
     harp: HarpConfig = Field(default_factory=HarpConfig)
+
+    @field_validator("perturbation")
+    @classmethod
+    def _known_arm(cls, v: str) -> str:
+        from s2ap.arms import ARMS  # the arm table builds on this module
+
+        ARMS.get(v)  # a ValueError listing the registered arms
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _known_host(cls, v: str) -> str:
+        from s2ap.arms import HOSTS
+
+        HOSTS.get(v)
+        return v
 
     @model_validator(mode="after")
     def _harp_is_per_layer(self) -> PruneConfig:
-        if self.host == "harp" and self.scope != "layer":
+        if self.host != "harp":
+            return self
+        if self.scope != "layer":
             raise ValueError(
                 "prune.scope must be 'layer' when prune.host is 'harp' "
                 "(HARP learns how one global budget splits across layers)"
+            )
+        floor = self.harp.alpha * (1.0 - self.sparsity)
+        if self.harp.init == "ten_percent" and floor >= 0.1:
+            raise ValueError(
+                f"prune.harp.init 'ten_percent' starts every layer at 10% kept, not above the "
+                f"floor prune.harp.alpha * (1 - prune.sparsity) = {floor:g}; lower "
+                "prune.harp.alpha or use init 'target'"
             )
         return self
 
@@ -271,10 +324,98 @@ class RunConfig(_Strict):
         return config_hash({f: getattr(self, f).model_dump(mode="json") for f in fields})
 
 
+def _json_default(obj: Any) -> Any:
+    """JSON for the non-JSON values a config may hold (paths, enums, numpy and torch scalars,
+    arrays and dtypes, sets, dataclasses, pydantic models); duck-typed, so that this module
+    imports neither numpy nor torch."""
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", None) == 0:
+        return obj.item()  # numpy / torch scalars
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if type(obj).__name__ == "dtype":  # torch.dtype, numpy.dtype
+        return str(obj)
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=repr)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if hasattr(obj, "model_dump"):  # pydantic models
+        return obj.model_dump(mode="json")
+    raise TypeError(
+        f"config_hash: cannot encode a {type(obj).__name__} as JSON; pass plain dicts, lists, "
+        "strings, numbers, bools or None (convert it to one of those first)"
+    )
+
+
+def canonical_json(obj: Any) -> str:
+    """``obj`` as canonical JSON: sorted keys, no whitespace, no NaN (what a hash is taken of)."""
+    return json.dumps(
+        obj,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=_json_default,
+    )
+
+
 def config_hash(obj: Any) -> str:
-    """Short stable hash of JSON-able data (sorted keys)."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """Short stable id of JSON-able data: the first 16 hex digits of the sha256 of its
+    canonical JSON. Two configs that differ only in key order hash the same. The one
+    definition: dense-model caches, study fingerprints, mask headers and dedup keys all use it."""
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:16]
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"prune": {"rho": 0.1}}`` -> ``{"prune.rho": 0.1}``: dotted paths, as study files,
+    search spaces and MLflow params name fields (lists, scalars and empty sections are
+    leaves)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def read_yaml_file(path: str | Path, what: str, example: str) -> tuple[dict[str, Any], str]:
+    """The top-level mapping of a YAML file and its text; :class:`ConfigError` naming the file
+    and the fix for whatever stops it: missing, a folder, unreadable, not UTF-8 text, not
+    YAML, empty, or not a mapping. ``what`` names the file ("study file"), ``example`` is a
+    complete one to start from."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file; give the path of the {what}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a folder; pass the {what} (a YAML file)") from None
+    except PermissionError:
+        raise ConfigError(f"{p}: not readable by this user; check its permissions") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: not a text file (byte {exc.start} is not UTF-8); a {what} is YAML text, "
+            f"e.g. {example}"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+    if raw is None:
+        raise ConfigError(f"{p}: the file is empty; start from {example}")
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{p}: expected a mapping of sections at the top level (data:, model:, ...), got "
+            f"a {type(raw).__name__}; start from {example}"
+        )
+    return raw, text
 
 
 # pydantic error type -> fn(error) -> the message, phrased as what the value must be.
@@ -309,20 +450,12 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
 def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read and validate a run file; raises :class:`ConfigError` with every problem listed."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: no such file") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if raw is None:
-        raise ConfigError(
-            f"{path}: the file is empty; a run file needs at least a dataset and a model, e.g. "
-            "'data: {source: digits}' and 'model: {arch: small_cnn}' (configs/run-digits.yaml "
-            "is a complete example)"
-        )
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw, _ = read_yaml_file(
+        path,
+        "run file",
+        "configs/run-digits.yaml (a run file needs at least a dataset and a model, e.g. "
+        "'data: {source: digits}' and 'model: {arch: small_cnn}')",
+    )
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
     try:

@@ -6,8 +6,7 @@ code (github.com/intellisec/harp, commit 9f343c0):
 
 - Rates (``utils/utils.py``: ``rate_act_func``, ``rate_init_func``): layer ``l`` has one
   learnable rate score ``r_l``; it keeps the fraction ``a_l = a_min + (1 - a_min) * sigmoid(r_l)``
-  with ``a_min = alpha * (1 - sparsity)`` (HARP's ``k_min = alpha * k``, alpha 0.1 by default),
-  initialised to the uniform strategy ``a_l = 1 - sparsity`` (HARP's ``*_uni`` strategies).
+  with ``a_min = alpha * (1 - sparsity)`` (HARP's ``k_min = alpha * k``, alpha 0.1 by default).
 - Masks and gradients (``models/layers.py``: ``GetSubnet``): layer ``l`` keeps the top ``k_l``
   of ``|s_l|``; the straight-through backward gives the scores HYDRA's gradient and the rate
   ``dL/da_l = sum(dL/dm_l)`` (``g_r = torch.sum(g)``), as if a higher rate raised every entry.
@@ -15,18 +14,27 @@ code (github.com/intellisec/harp, commit 9f343c0):
   robust loss with weight ``gamma * (t + 1)`` in prune epoch ``t``, frozen at its value once an
   epoch ends with the budget met (``gamma_dynamic`` and ``frozen_gamma`` in ``train.py``): the
   paper's step-wise incremental regularisation.
-- One optimizer for scores and rates (``utils/schedules.py``); ``rate_lr`` optionally gives the
-  rates their own learning rate.
+- One optimizer for scores and rates (``utils/schedules.py``); ``rate_lr`` and
+  ``rate_weight_decay`` optionally give the rates their own learning rate and weight decay.
+- ``init="ten_percent"`` starts every layer at 10% kept, as HARP's shipped strategies do
+  (``configs/strategies.json``: the weight strategies are all ``010_*``; ``010_uni`` is 0.1 in
+  every layer, and the README prunes to ``--k 0.01`` from it).
 
-Where we depart, and why:
+Where we depart, and why (docs/METHOD.md, "HARP", lists each difference):
 
 - The global budget is exact at every mask, not only approached through the budget loss: the
   rates become integer kept counts ``1 <= k_l <= n_l`` with ``sum_l k_l = K = round((1 -
   sparsity) * N)`` (:func:`allocate_kept_counts`: proportional to ``a_l * n_l``, scaled onto the
   budget, largest-remainder rounding), so every HARP mask is comparable with a HYDRA mask of the
-  same sparsity. The straight-through gradient passes this projection unchanged. The budget loss
-  still matters: it keeps the raw rates calibrated (``sum_l n_l a_l`` near ``K``); without it a
-  robust loss pushes every rate towards 1 and the split drifts back to uniform.
+  same sparsity. HARP rounds each layer on its own (it prunes ``int((1 - a_l) * n_l)``). The
+  straight-through gradient passes this projection unchanged. The budget loss still matters: it
+  keeps the raw rates calibrated (``sum_l n_l a_l`` near ``K``); without it a robust loss pushes
+  every rate towards 1 and the split drifts back to uniform. It divides by the rounded ``K``
+  where HARP divides by ``k * N`` (at most half a weight apart).
+- ``init="target"`` (the default) starts every layer at the target keep rate ``1 - sparsity``;
+  the two starts agree at 90% sparsity.
+- The rates take ``prune.weight_decay`` (1e-4, HYDRA's) unless ``rate_weight_decay`` is set;
+  HARP's CIFAR-10 and SVHN configs decay every parameter, rates included, with 5e-4.
 - S2AP perturbs the scores only, as the paper does; the rates are ordinary parameters of the
   host optimizer and step with the gradient taken at ``s + z``, like the scores.
 - Unstructured (weight) pruning only: HARP's channel granularity and FLOPs budget are not offered.
@@ -36,16 +44,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from s2ap.masking import HydraHost, MaskedLayer, ScoreMasking, kept_count
 
-__all__ = ["HarpHost", "allocate_kept_counts", "keep_rates"]
+__all__ = ["REFERENCE_START_RATE", "HarpHost", "RateInit", "allocate_kept_counts", "keep_rates"]
 
 _BISECTION_STEPS = 100  # halvings of the scale interval: far below one weight's worth
+
+#: Where the rates start: ``target`` keeps ``1 - sparsity`` in every layer; ``ten_percent`` keeps
+#: :data:`REFERENCE_START_RATE` in every layer, as HARP's shipped strategies do.
+RateInit = Literal["target", "ten_percent"]
+
+#: HARP's shipped weight strategies (``configs/strategies.json``) are all ``010_*`` strategies
+#: (``010_uni``: 10% kept in every layer), used whatever the target ``--k``.
+REFERENCE_START_RATE = 0.1
 
 
 def keep_rates(logits: Tensor, min_rate: float) -> Tensor:
@@ -145,16 +161,35 @@ class HarpHost(HydraHost):
             ``a_min = alpha * (1 - sparsity)``; in [0, 1).
         gamma: budget-loss weight step: ``gamma * (epoch + 1)`` until the budget is met.
         rate_lr: the rates' learning rate; ``None`` uses the optimizer's (as HARP does).
+        init: where the rates start: ``"target"`` keeps ``1 - sparsity`` in every layer;
+            ``"ten_percent"`` keeps 10% in every layer (HARP's shipped ``010_uni`` strategy).
+            The first mask is the same for both (the exact split is proportional to
+            ``a_l * n_l``); the budget loss and the rates' sigmoid slope are not.
+        rate_weight_decay: the rates' weight decay; ``None`` uses the optimizer's.
 
     Attach it with ``ScoreMasking(model, sparsity=..., host=HarpHost())`` (``layer`` scope).
     """
 
-    def __init__(self, *, alpha: float = 0.1, gamma: float = 0.01, rate_lr: float | None = None):
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.1,
+        gamma: float = 0.01,
+        rate_lr: float | None = None,
+        init: RateInit = "target",
+        rate_weight_decay: float | None = None,
+    ) -> None:
         self.alpha = _check_option("alpha", alpha, 0.0, 1.0)
         self.gamma = _check_option("gamma", gamma, 0.0)
         if rate_lr is not None and _check_option("rate_lr", rate_lr, 0.0) == 0.0:
             raise ValueError("rate_lr must be > 0 (or None for the optimizer's learning rate)")
         self.rate_lr = rate_lr
+        if init not in ("target", "ten_percent"):
+            raise ValueError(f"init must be 'target' or 'ten_percent', got {init!r}")
+        self.init: RateInit = init
+        if rate_weight_decay is not None:
+            rate_weight_decay = _check_option("rate_weight_decay", rate_weight_decay, 0.0)
+        self.rate_weight_decay = rate_weight_decay
         self.frozen_weight: float | None = None
         self.masking: ScoreMasking | None = None
 
@@ -175,9 +210,15 @@ class HarpHost(HydraHost):
             )
         keep = 1.0 - masking.sparsity
         self.min_rate = self.alpha * keep
+        start = keep if self.init == "target" else REFERENCE_START_RATE
+        if start <= self.min_rate:  # HARP's rate_init_func would take the log of 0 or less
+            raise ValueError(
+                f"init {self.init!r} starts every layer at {start:g} kept, not above the floor "
+                f"alpha * (1 - sparsity) = {self.min_rate:g}; lower alpha or use init 'target'"
+            )
         weight = layers[0].weight
         dtype = torch.promote_types(weight.dtype, torch.float32)
-        init = torch.full((len(layers),), _rate_logit(keep, self.min_rate), dtype=dtype)
+        init = torch.full((len(layers),), _rate_logit(start, self.min_rate), dtype=dtype)
         self.logits = nn.Parameter(init.to(weight.device))
         self._sizes = torch.tensor(self.sizes, dtype=dtype, device=weight.device)
         self._index = {layer: i for i, layer in enumerate(layers)}
@@ -185,8 +226,14 @@ class HarpHost(HydraHost):
         self._counts_key: tuple | None = None
         self.masking = masking
 
+    def counts_version(self) -> tuple[int, int]:
+        return (self.logits.data_ptr(), self.logits._version)  # rates change in place only
+
+    def learns_counts(self) -> bool:
+        return self.logits.requires_grad
+
     def kept_counts(self, masking: ScoreMasking) -> dict[str, int]:
-        key = (self.logits.data_ptr(), self.logits._version)  # rates change in place only
+        key = self.counts_version()
         if key != self._counts_key:
             rates = self.rates().detach().cpu().tolist()
             desired = [a * n for a, n in zip(rates, self.sizes)]
@@ -216,6 +263,8 @@ class HarpHost(HydraHost):
         group: dict[str, Any] = {"params": [self.logits]}
         if self.rate_lr is not None:
             group["lr"] = self.rate_lr
+        if self.rate_weight_decay is not None:
+            group["weight_decay"] = self.rate_weight_decay
         return [group]
 
     def penalty(self, epoch: int) -> Tensor:
@@ -246,5 +295,4 @@ class HarpHost(HydraHost):
             self.logits.copy_(logits)
         frozen = state["frozen_weight"]
         self.frozen_weight = None if frozen is None else float(frozen)
-        assert self.masking is not None
-        self.masking.invalidate()  # the kept counts may have changed without the scores
+        # No invalidate: copy_ bumps the rates' version, so the masks follow at the next use.

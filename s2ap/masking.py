@@ -9,10 +9,12 @@ The backward pass is a straight-through estimator: ``dm/d|s| := 1``, so
 ``dL/ds = dL/d(w*m) * w * sign(s)``.
 
 Masks are cached: PGD runs ~11 forward/backward passes per batch with unchanged scores, so the
-top-k selection happens once per change of the scores, not once per forward pass. Changes are
-detected through the tensor version counter, which every in-place write bumps (optimizer steps,
-``copy_`` in ``load_state_dict``, the S2AP perturbation and its restore). Code that rewrites scores
-through ``.data`` bypasses the counter and must call :meth:`ScoreMasking.invalidate`.
+top-k selection happens once per change of the scores or of the kept counts (HARP's rates), not
+once per forward pass. Changes are detected through the tensor version counter, which every
+in-place write bumps (optimizer steps, ``copy_`` in ``load_state_dict``, the S2AP perturbation and
+its restore); the host reports its own counter (:meth:`HydraHost.counts_version`). Code that
+rewrites scores or rates through ``.data`` bypasses the counter and must call
+:meth:`ScoreMasking.invalidate`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import contextlib
 import copy
 import fnmatch
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Literal
 
 import torch
@@ -138,10 +140,14 @@ class MaskedLayer(nn.Module):
     def _stale(self) -> bool:
         if self.mask_frozen:
             return self._mask_float is None or self._mask_float.device != self.weight.device
-        return self._mask_key != self._scores_key()
+        if self._mask_key != self._scores_key():
+            return True
+        # The kept count may change without the scores (a step of HARP's rates alone).
+        masking = self._masking
+        return masking is not None and masking._counts_stale()
 
     def masked_weight(self) -> Tensor:
-        """The weight the forward pass uses (with the straight-through path when scores train).
+        """The weight the forward pass uses (the straight-through path when scores or rates train).
 
         Eager under ``torch.compile`` (:func:`select_weights_eagerly`).
         """
@@ -150,14 +156,17 @@ class MaskedLayer(nn.Module):
                 raise RuntimeError("masked layer is not attached to a ScoreMasking")
             self._masking.refresh()
         mask = self._mask_float
-        assert mask is not None
-        use_cache = _EFFECTIVE_ONLY.active or not torch.is_grad_enabled()
-        if use_cache or not (self.scores.requires_grad or self.weight.requires_grad):
+        assert mask is not None and self._masking is not None
+        if _EFFECTIVE_ONLY.active or not torch.is_grad_enabled():
             return self._cached_effective_weight()
-        if self.scores.requires_grad:
-            assert self._masking is not None
-            return self._masking.host.straight_through(self, mask)
-        return self.weight * mask
+        host = self._masking.host
+        # Learned kept counts (HARP's rates) take their gradient through the straight-through
+        # path too, so it is needed while they train even with the scores frozen.
+        if self.scores.requires_grad or (not self.mask_frozen and host.learns_counts()):
+            return host.straight_through(self, mask)
+        if self.weight.requires_grad:
+            return self.weight * mask
+        return self._cached_effective_weight()
 
     def _cached_effective_weight(self) -> Tensor:
         key = (self._weight_key(), self._mask_key, id(self._mask_float))
@@ -295,6 +304,17 @@ class HydraHost:
             for name, layer in masking.layers.items()
         }
 
+    def counts_version(self) -> Hashable:
+        """A value that changes whenever :meth:`kept_counts` may (checked before every forward).
+
+        HYDRA's counts are fixed by the sparsity: a constant.
+        """
+        return None
+
+    def learns_counts(self) -> bool:
+        """Whether the kept counts take a gradient now (HARP's rates); HYDRA's never do."""
+        return False
+
     def straight_through(self, layer: MaskedLayer, mask: Tensor) -> Tensor:
         """The weight of a training forward pass: ``weight * mask``, STE gradient to the scores."""
         return _MaskedWeight.apply(layer.weight, layer.scores, mask)
@@ -381,10 +401,15 @@ class ScoreMasking:
         model._s2ap_masking = self  # type: ignore[attr-defined]
         self.host = host if host is not None else HydraHost()
         self._kept: dict[str, int] = {}  # the kept count each live layer's mask was made with
+        self._counts_version: Hashable = None  # the host's counts_version() at the last refresh
         self.host.attach(self)
         self.refresh()
 
     # --- masks --------------------------------------------------------------------------------
+    def _counts_stale(self) -> bool:
+        """Whether the host's kept counts may have changed since the last refresh."""
+        return self.scope == "layer" and self.host.counts_version() != self._counts_version
+
     def refresh(self) -> None:
         """Recompute the masks whose scores or kept counts changed (all of them in global scope)."""
         layers = self.layers
@@ -405,11 +430,16 @@ class ScoreMasking:
                 for layer, part in zip(live.values(), keep.split([m.numel() for m in mags])):
                     layer._set_mask(part.view_as(layer.weight).to(layer.weight.device))
             else:
+                version = self.host.counts_version()
                 counts = self.host.kept_counts(self)
                 for name, layer in live.items():
-                    if name in stale or counts[name] != self._kept.get(name):
+                    # A layer stale only because the counts may have moved keeps its mask when
+                    # its own count did not: same scores, same k, same top-k.
+                    scores_moved = layer._mask_key != layer._scores_key()
+                    if scores_moved or counts[name] != self._kept.get(name):
                         layer._set_mask(_top_k_mask(layer.scores.detach().abs(), counts[name]))
                         self._kept[name] = counts[name]
+                self._counts_version = version
 
     def invalidate(self, names: Iterable[str] | None = None) -> None:
         """Force a recomputation at the next forward (after writes through ``.data``).

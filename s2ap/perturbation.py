@@ -7,8 +7,8 @@ One update (:meth:`S2AP.step`): gradient at ``s`` -> perturbation ``z`` -> gradi
 on the same adversarial batch -> restore ``s`` -> step the wrapped optimizer with that gradient.
 The ascent never touches the optimizer's state (momentum, Adam moments): only the final step does.
 
-Perturbation kinds are a registry: ``score`` (S2AP), ``random`` (a random direction of the same
-norm: the control arm), ``none`` (plain host update, HYDRA).
+Which perturbation an update takes is its arm (:data:`s2ap.arms.ARMS`): ``score`` (S2AP),
+``random`` (a random direction of the same norm: the control arm), ``none`` (plain host update).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "PERTURBATIONS",
     "S2AP",
     "RadiusMode",
     "ascent_perturbation",
@@ -166,24 +165,6 @@ def random_perturbation(
     return _scaled_directions(directions, radii, radius)
 
 
-def _score_kind(opt: S2AP, closure: Closure) -> list[Tensor]:
-    return ascent_perturbation(
-        opt.scores, closure, rho=opt.rho, radius=opt.radius, ascent_steps=opt.ascent_steps
-    )
-
-
-def _random_kind(opt: S2AP, closure: Closure) -> list[Tensor]:
-    return random_perturbation(opt.scores, rho=opt.rho, radius=opt.radius, generator=opt.generator)
-
-
-# kind -> fn(S2AP, closure) -> z; "none" is the host update itself.
-PERTURBATIONS: dict[str, Callable[[S2AP, Closure], list[Tensor]] | None] = {
-    "none": None,
-    "score": _score_kind,
-    "random": _random_kind,
-}
-
-
 class S2AP:
     """Wraps any torch optimizer with the S2AP update of the score parameters.
 
@@ -195,8 +176,8 @@ class S2AP:
         rho: the radius: relative (``||z_l|| <= rho * ||s_l||``) or absolute (``||z|| <= rho``).
         radius: ``"relative"`` (default) or ``"absolute"``.
         ascent_steps: number of normalised ascent steps (>= 1).
-        perturbation: ``"score"`` (S2AP), ``"random"`` (same norm, random direction) or
-            ``"none"`` (the host update, HYDRA).
+        perturbation: the arm (:data:`s2ap.arms.ARMS`): ``"score"`` (S2AP), ``"random"``
+            (same norm, random direction) or ``"none"`` (the host update, HYDRA).
         warmup_epochs: epochs of plain host updates before the perturbation starts; set the
             epoch with :meth:`set_epoch`.
         seed: for the random perturbation.
@@ -224,10 +205,9 @@ class S2AP:
         warmup_epochs: int = 0,
         seed: int = 0,
     ) -> None:
-        if perturbation not in PERTURBATIONS:
-            raise ValueError(
-                f"perturbation must be one of {sorted(PERTURBATIONS)}, got {perturbation!r}"
-            )
+        from s2ap.arms import ARMS  # the arm table points at this module's directions
+
+        self.direction = ARMS.get(perturbation).direction  # ValueError lists the arms
         if rho < 0:
             raise ValueError(f"rho must be >= 0, got {rho}")
         if ascent_steps < 1:
@@ -253,7 +233,7 @@ class S2AP:
     @property
     def perturbing(self) -> bool:
         """Whether this epoch perturbs (past warm-up, with a kind other than none)."""
-        return PERTURBATIONS[self.perturbation] is not None and self.epoch >= self.warmup_epochs
+        return self.direction is not None and self.epoch >= self.warmup_epochs
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)
@@ -261,9 +241,8 @@ class S2AP:
     def step(self, closure: Closure) -> Tensor:
         """One min-max update. Returns the loss at the unperturbed scores."""
         loss = closure()
-        perturb = PERTURBATIONS[self.perturbation]
-        if perturb is not None and self.perturbing:
-            z = perturb(self, closure)
+        if self.direction is not None and self.perturbing:
+            z = self.direction(self, closure)
             with scores_perturbed(self.scores, z):
                 closure()  # the descent gradient, taken at s + z
         self.optimizer.step()

@@ -37,6 +37,10 @@ class Registry(Generic[T]):
         """The registered names, sorted."""
         return sorted(self._entries)
 
+    def in_order(self) -> list[str]:
+        """The registered names in the order they were registered (display order)."""
+        return list(self._entries)
+
     def get(self, name: str) -> T:
         """The entry under ``name``; a ValueError listing the registered names if there is none."""
         if name not in self._entries:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from s2ap import metrics
 from s2ap.adversarial import AttackSettings, make_objective
+from s2ap.arms import HOSTS
 from s2ap.compute import Compute
 from s2ap.config import (
     AugmentConfig,
@@ -28,12 +29,10 @@ from s2ap.config import (
     _TrainConfig,
 )
 from s2ap.data import Augment, DatasetSplits
-from s2ap.harp import HarpHost
 from s2ap.masking import HydraHost, ScoreMasking
 from s2ap.perturbation import S2AP
 
 __all__ = [
-    "HOSTS",
     "FinetuneStage",
     "PretrainStage",
     "PruneStage",
@@ -58,16 +57,10 @@ def augmentation(data_cfg: DataConfig, data: DatasetSplits) -> Augment | None:
     return Augment(crop_padding=aug.crop_padding, flip=aug.flip)
 
 
-#: ``prune.host`` -> the host pruning method (:class:`~s2ap.masking.HydraHost`), from the config.
-HOSTS: dict[str, Callable[[PruneConfig], HydraHost]] = {
-    "hydra": lambda p: HydraHost(),
-    "harp": lambda p: HarpHost(alpha=p.harp.alpha, gamma=p.harp.gamma, rate_lr=p.harp.rate_lr),
-}
-
-
 def make_host(cfg: PruneConfig) -> HydraHost:
-    """The host named by ``prune.host``, for ``ScoreMasking(..., host=...)``."""
-    return HOSTS[cfg.host](cfg)
+    """The host named by ``prune.host`` (:data:`s2ap.arms.HOSTS`), for
+    ``ScoreMasking(..., host=...)``."""
+    return HOSTS.get(cfg.host).build(cfg)
 
 
 def make_optimizer(

@@ -23,8 +23,6 @@ config_hash, dense_checkpoint_hash, ...).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import enum
 import hashlib
 import json
 import math
@@ -36,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from s2ap.config import canonical_json
 
 MAGIC = b"S2APMASK"
 FORMAT_VERSION = 1
@@ -77,51 +77,6 @@ def file_sha256(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str
         for chunk in iter(lambda: fh.read(chunk_bytes), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _json_default(obj: Any) -> Any:
-    """Map the non-JSON types that appear in configs to stable JSON values."""
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj, key=repr)
-    if isinstance(obj, torch.dtype):
-        return str(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if hasattr(obj, "model_dump"):  # pydantic v2 models
-        return obj.model_dump(mode="json")
-    raise TypeError(
-        f"config_hash: cannot encode a {type(obj).__name__} as JSON; pass plain dicts, lists, "
-        "strings, numbers, bools or None (convert it to one of those first)"
-    )
-
-
-def canonical_json(obj: Any) -> str:
-    """Serialise ``obj`` as canonical JSON: sorted keys, no whitespace, no NaN."""
-    return json.dumps(
-        obj,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-        default=_json_default,
-    )
-
-
-def config_hash(obj: Any) -> str:
-    """Short stable id of a config: first 16 hex digits of the sha256 of its canonical JSON.
-
-    Two configs that differ only in key order hash the same; used to name trials and to record
-    in a mask header which configuration produced it.
-    """
-    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------

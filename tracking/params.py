@@ -21,6 +21,8 @@ import mlflow
 import torch
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
+from s2ap.config import flatten
+
 __all__ = ["check_name", "flatten_params", "now_ms", "tag_value", "to_number", "version_tags"]
 
 
@@ -41,17 +43,8 @@ def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
 
     Lists become JSON (``"[1, 2]"``), scalars ``str(value)``; empty dicts ``"{}"``.
     """
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            if value:
-                flat.update(flatten_params(value, name))
-            else:
-                flat[name] = "{}"
-        else:
-            flat[name] = _param_value(value)
-    return flat
+    start = f"{prefix}." if prefix else ""
+    return {name: _param_value(value) for name, value in flatten(config, start).items()}
 
 
 def tag_value(value: Any) -> str:

@@ -1,24 +1,23 @@
-"""Plots for trials and studies, from plain lists and dicts (not MLflow objects).
+"""Plots of a study, from plain lists and dicts (not MLflow objects): the study run's scatter
+of the objective against each searched hyperparameter, and the figure helpers the results page
+(:mod:`tracking.report.figures`) draws with.
 
 Figures are built with :class:`matplotlib.figure.Figure` directly (Agg canvas, no pyplot), so
-plotting works in Ray workers without a display and without pyplot's global figure registry.
-
-Series inputs accept either a list of values (index = epoch) or a list of ``(step, value)`` pairs
-(what :func:`tracking.runs.metric_history` returns).
+plotting works without a display and without pyplot's global figure registry.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from s2ap.config import flatten
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-Series = Sequence[float] | Sequence[tuple[int, float]]
 
 
 def new_figure(width: float = 6.4, height: float = 4.0) -> Figure:
@@ -35,117 +34,11 @@ def new_figure(width: float = 6.4, height: float = 4.0) -> Figure:
     return fig
 
 
-def _xy(series: Series) -> tuple[list[float], list[float]]:
-    xs: list[float] = []
-    ys: list[float] = []
-    for i, item in enumerate(series):
-        if isinstance(item, (tuple, list)) and len(item) == 2:
-            x, y = item
-        else:
-            x, y = i, item
-        xs.append(float(x))
-        ys.append(float(y))
-    return xs, ys
-
-
 def save_png(figure: Figure, path: str | os.PathLike[str], dpi: int = 100) -> str:
     """Write ``figure`` as a PNG (creating folders); return the path."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=dpi)
     return os.fspath(path)
-
-
-def plot_mask_stability(
-    hamming: Series | Mapping[str, Series], *, title: str = "Mask stability"
-) -> Figure:
-    """Normalised Hamming distance between consecutive epochs' masks, per epoch.
-
-    ``hamming`` is one series (global) or a dict name -> series (e.g. ``"global"`` and per layer);
-    a lower curve means a more stable mask.
-    """
-    fig = new_figure()
-    ax = fig.add_subplot()
-    curves = hamming if isinstance(hamming, Mapping) else {"global": hamming}
-    for name, series in curves.items():
-        xs, ys = _xy(series)
-        width = 2.0 if name == "global" else 1.0
-        ax.plot(xs, ys, marker="o", markersize=3, linewidth=width, label=str(name))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("normalised Hamming distance")
-    ax.set_title(title)
-    ax.set_ylim(bottom=0)
-    if len(curves) > 1:
-        ax.legend(fontsize="small", ncols=2 if len(curves) > 8 else 1)
-    ax.grid(alpha=0.3)
-    return fig
-
-
-def plot_training_curves(
-    history: Mapping[str, Series],
-    *,
-    accuracy_keys: Iterable[str] = ("val_robust_acc", "val_clean_acc"),
-    sharpness_keys: Iterable[str] = ("sharpness",),
-    title: str = "Validation accuracy and score-space sharpness",
-) -> Figure:
-    """Validation robust/clean accuracy (top) and sharpness (bottom) per epoch.
-
-    ``history`` maps metric name -> series; missing keys are skipped, and the sharpness panel is
-    drawn only if a sharpness series is present. Any other keys ending in ``sharpness`` are drawn
-    there too.
-    """
-    acc = [k for k in accuracy_keys if k in history]
-    sharp = list(
-        dict.fromkeys(
-            [k for k in sharpness_keys if k in history]
-            + [k for k in history if k.endswith("sharpness")]
-        )
-    )
-    fig = new_figure(6.4, 6.0 if sharp else 4.0)
-    axes = fig.subplots(2 if sharp else 1, 1, sharex=True, squeeze=False)[:, 0]
-    for key in acc:
-        xs, ys = _xy(history[key])
-        axes[0].plot(xs, ys, marker="o", markersize=3, label=key)
-    axes[0].set_ylabel("accuracy")
-    axes[0].set_title(title)
-    axes[0].grid(alpha=0.3)
-    if acc:
-        axes[0].legend(fontsize="small")
-    if sharp:
-        for key in sharp:
-            xs, ys = _xy(history[key])
-            axes[1].plot(xs, ys, marker="s", markersize=3, label=key)
-        axes[1].set_ylabel("L(s+z*) - L(s)")
-        axes[1].grid(alpha=0.3)
-        axes[1].legend(fontsize="small")
-    axes[-1].set_xlabel("epoch")
-    return fig
-
-
-def layer_sparsity(masks: Mapping[str, Any]) -> dict[str, float]:
-    """Fraction of pruned weights per layer for a mask dict (layer -> bool tensor)."""
-    out = {}
-    for name, mask in masks.items():
-        numel = int(mask.numel())
-        out[name] = 1.0 - int(mask.sum()) / numel if numel else 0.0
-    return out
-
-
-def plot_layer_sparsity(
-    sparsity: Mapping[str, float], *, title: str = "Sparsity per layer"
-) -> Figure:
-    """Horizontal bar chart of each layer's sparsity (fraction pruned), in the given layer order."""
-    names = list(sparsity)
-    fig = new_figure(6.4, max(2.5, 0.28 * len(names) + 1.2))
-    ax = fig.add_subplot()
-    positions = range(len(names))
-    ax.barh(list(positions), [float(sparsity[n]) for n in names], color="tab:blue")
-    ax.set_yticks(list(positions), labels=names, fontsize="small")
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("sparsity (fraction of weights pruned)")
-    ax.set_title(title)
-    ax.grid(axis="x", alpha=0.3)
-    return fig
 
 
 def _lookup(trial: Mapping[str, Any], key: str) -> Any:
@@ -157,24 +50,13 @@ def _lookup(trial: Mapping[str, Any], key: str) -> Any:
         sub = trial.get(section)
         if not isinstance(sub, Mapping):
             continue
-        flat = _flatten(sub)
+        flat = flatten(sub)
         if key in flat:
             return flat[key]
         suffix = [v for k, v in flat.items() if k.endswith("." + key)]
         if len(suffix) == 1:
             return suffix[0]
     return None
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        name = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, name))
-        else:
-            out[name] = v
-    return out
 
 
 def _as_float(value: Any) -> float | None:

@@ -1,5 +1,5 @@
 """A trial's MLflow run: nested under the study run, found again by its trial id, holding the
-trial's metrics, masks (``.s2mask``), weights and plots.
+trial's metrics, masks (``.s2mask``) and weights.
 
 Opened with :meth:`TrialTracker.open` from plain data (:meth:`tracking.runs.StudyTracker.
 trial_context`), so a Ray worker on another node can open it; a restarted trial reopens its run.
@@ -142,33 +142,6 @@ class TrialTracker(RunWriter):
             {f"s2ap.masks.{name}.sha256": sha, f"s2ap.masks.{name}.sparsity": f"{sparsity:.6f}"}
         )
         return sha
-
-    def log_trial_plots(
-        self,
-        *,
-        history: Mapping[str, Any] | None = None,
-        hamming: Any = None,
-        masks: Mapping[str, torch.Tensor] | None = None,
-    ) -> list[str]:
-        """Log the per-trial plots that have data; return their artifact paths.
-
-        ``history``: metric -> per-epoch series (``plots/training_curves.png``); ``hamming``:
-        mask-stability series or dict of series (``plots/mask_stability.png``); ``masks``: the
-        final masks (``plots/layer_sparsity.png``). See :mod:`tracking.plots`.
-        """
-        from tracking import plots
-
-        figures = []
-        if history:
-            figures.append(("plots/training_curves.png", plots.plot_training_curves(history)))
-        if hamming is not None and len(hamming):
-            figures.append(("plots/mask_stability.png", plots.plot_mask_stability(hamming)))
-        if masks:
-            sparsity = plots.layer_sparsity(masks)
-            figures.append(("plots/layer_sparsity.png", plots.plot_layer_sparsity(sparsity)))
-        for name, fig in figures:
-            self.log_figure(fig, name)
-        return [name for name, _ in figures]
 
     def log_state_dict(self, state_dict: Mapping[str, torch.Tensor], name: str = "final") -> str:
         """Store weights as ``weights/<name>.safetensors`` (or ``.pt``); return the artifact path.

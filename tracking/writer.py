@@ -20,7 +20,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from tracking.artifacts import config_hash
+from s2ap.config import config_hash
 from tracking.client import (
     TAG_CONFIG_HASH,
     TAG_PHASE,

@@ -9,11 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from s2ap.config import ConfigError, load_run_config
+from s2ap.config import ConfigError, PruneConfig, load_run_config
 from s2ap.harp import HarpHost, allocate_kept_counts
 from s2ap.masking import ScoreMasking, kept_count
 from s2ap.perturbation import S2AP
 from s2ap.pipeline import Pipeline
+from s2ap.stages import make_host
 from tests.s2ap.test_pipeline import tiny_config
 
 
@@ -141,6 +142,12 @@ def test_host_refuses_global_scope_and_budgets_below_one_weight_per_layer():
         HarpHost(gamma=math.inf)
     with pytest.raises(ValueError, match="rate_lr"):
         HarpHost(rate_lr=0.0)
+    with pytest.raises(ValueError, match="init"):
+        HarpHost(init="uniform")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="rate_weight_decay"):
+        HarpHost(rate_weight_decay=-1e-4)
+    with pytest.raises(ValueError, match="not above the floor"):  # floor 0.5 * 0.5 > 10%
+        ScoreMasking(awkward_net(), sparsity=0.5, host=HarpHost(alpha=0.5, init="ten_percent"))
 
 
 # --- the learned rates ---------------------------------------------------------------------------
@@ -216,6 +223,85 @@ def test_rates_move_towards_the_layer_the_loss_needs():
     assert end[1] < start[1] and end[2] < start[2]
     rates = host.rates().detach()
     assert rates[0] > 0.5 > max(rates[1], rates[2])
+
+
+def test_a_step_of_the_rates_alone_reselects_the_masks():
+    # Scores frozen (HARP's rate_prune mode): only the rates step, and the masks must follow.
+    model = OnlyA()
+    host = HarpHost(gamma=0.5)
+    masking = ScoreMasking(model, sparsity=0.5, host=host)  # 78 weights, K = 39
+    masking.set_stage("prune")
+    scores = masking.scores()
+    for s in scores:
+        s.requires_grad_(False)
+    frozen = [(s.clone(), s._version) for s in scores]
+    opt = torch.optim.SGD(host.param_groups(), lr=0.5)
+    start = kept(masking)
+    seen = {tuple(start)}
+    for _ in range(15):
+        opt.zero_grad()
+        (model.loss() + host.penalty(0)).backward()
+        assert host.logits.grad[0] < 0  # the rates take a gradient with the scores frozen
+        opt.step()
+        assert all(torch.equal(s, c) and s._version == v for s, (c, v) in zip(scores, frozen))
+        counts = list(host.kept_counts(masking).values())
+        rates = host.rates().detach().tolist()
+        sizes = [s.numel() for s in scores]
+        desired = [a * n for a, n in zip(rates, sizes)]
+        assert counts == allocate_kept_counts(desired, sizes, 39)
+        # what the next forward pass uses, before anything asks for masks() explicitly
+        with torch.no_grad():
+            used = [int((layer.masked_weight() != 0).sum()) for layer in masking.layers.values()]
+        assert used == counts and sum(counts) == 39
+        for layer, k in zip(masking.layers.values(), counts):
+            expected = np_top_k(layer.scores.detach().numpy(), k)
+            assert np.array_equal(layer.mask.numpy(), expected)
+        seen.add(tuple(counts))
+    end = kept(masking)
+    assert end[0] > start[0] and len(seen) > 2  # the split moved, step by step
+
+
+def three_layer_net() -> nn.Sequential:
+    torch.manual_seed(5)  # 1200 + 6000 + 1000 = 8200 weights
+    return nn.Sequential(
+        nn.Linear(40, 30, bias=False), nn.Linear(30, 200, bias=False), nn.Linear(200, 5, bias=False)
+    )
+
+
+@pytest.mark.parametrize("sparsity", [0.9, 0.99])
+def test_ten_percent_start_keeps_the_exact_budget(sparsity):
+    hosts = {init: HarpHost(gamma=1.0, init=init) for init in ("target", "ten_percent")}
+    maskings = {
+        init: ScoreMasking(three_layer_net(), sparsity=sparsity, host=host)
+        for init, host in hosts.items()
+    }
+    budget = round((1 - sparsity) * 8200)  # 820 or 82
+    ref, tgt = hosts["ten_percent"], hosts["target"]
+    torch.testing.assert_close(ref.rates(), torch.full((3,), 0.1), check_dtype=False)
+    if sparsity == 0.9:  # the two starts coincide (up to 1 - 0.9 != 0.1 in floating point)
+        torch.testing.assert_close(ref.logits, tgt.logits)
+    else:  # ten times the budget: the budget loss starts at 0.1 * 8200 / 82 - 1 = 9
+        assert float(ref.budget_excess().detach()) == pytest.approx(9.0)
+        assert float(tgt.budget_excess().detach()) == pytest.approx(0.0, abs=1e-12)
+    # The exact split is proportional to a_l * n_l: equal rates give the same first masks.
+    first = {init: m.masks() for init, m in maskings.items()}
+    assert all(torch.equal(first["target"][n], first["ten_percent"][n]) for n in first["target"])
+    assert sum(kept(maskings["ten_percent"])) == budget
+
+    masking = maskings["ten_percent"]
+    masking.set_stage("prune")
+    opt = torch.optim.SGD([{"params": masking.scores()}, *ref.param_groups()], lr=0.1)
+    torch.manual_seed(6)
+    x, t = torch.randn(16, 40), torch.randn(16, 5)
+    excess = [float(ref.budget_excess().detach())]
+    for _ in range(10):
+        opt.zero_grad()
+        (((masking.model(x) - t) ** 2).mean() + ref.penalty(0)).backward()
+        opt.step()
+        assert sum(kept(masking)) == budget
+        excess.append(float(ref.budget_excess().detach()))
+    if sparsity == 0.99:
+        assert excess[-1] < excess[0]  # the budget loss pulls the raw rates towards K
 
 
 def test_rho_zero_is_bit_for_bit_the_plain_harp_update():
@@ -294,6 +380,13 @@ def test_state_dict_restores_rates_and_masks():
         ("{harp: {alpha: 1.0}}", "prune.harp.alpha: must be less than 1"),
         ("{harp: {rate_lr: .nan}}", "prune.harp.rate_lr: must be a finite number"),
         ("{harp: {gama: 0.1}}", "prune.harp.gama: unknown field"),
+        ("{harp: {init: uniform}}", "prune.harp.init: Input should be 'target' or 'ten_percent'"),
+        ("{harp: {rate_weight_decay: -1}}", "prune.harp.rate_weight_decay: must be at least 0"),
+        (
+            "{host: harp, sparsity: 0.5, harp: {init: ten_percent, alpha: 0.5}}",
+            "prune: prune.harp.init 'ten_percent' starts every layer at 10% kept, not above the "
+            "floor prune.harp.alpha * (1 - prune.sparsity) = 0.25",
+        ),
     ],
 )
 def test_config_errors_name_the_harp_fields(tmp_path, prune, message):
@@ -301,6 +394,24 @@ def test_config_errors_name_the_harp_fields(tmp_path, prune, message):
     path.write_text(f"prune: {prune}\n")
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_run_config(path)
+
+
+def test_config_builds_the_host_with_every_harp_field():
+    default = make_host(PruneConfig(host="harp"))
+    assert isinstance(default, HarpHost) and default.init == "target"
+    ScoreMasking(awkward_net(), sparsity=0.5, host=default)
+    assert default.param_groups()[0].keys() == {"params"}  # lr and weight decay: the optimizer's
+    cfg = PruneConfig(
+        host="harp",
+        harp={"init": "ten_percent", "rate_weight_decay": 5e-4, "rate_lr": 0.5, "alpha": 0.2},
+    )
+    host = make_host(cfg)
+    assert (host.init, host.alpha, host.rate_lr) == ("ten_percent", 0.2, 0.5)
+    ScoreMasking(awkward_net(), sparsity=cfg.sparsity, host=host)
+    torch.testing.assert_close(host.rates(), torch.full((4,), 0.1), check_dtype=False)
+    group = host.param_groups()[0]
+    assert group["weight_decay"] == 5e-4 and group["lr"] == 0.5
+    assert PruneConfig(harp={"init": "ten_percent", "alpha": 0.5}, sparsity=0.5)  # hydra: unread
 
 
 def test_harp_pipeline_keeps_the_budget_and_records_the_rates():

@@ -105,8 +105,6 @@ def run_fake_study(
         save_masks(local, masks, {**header, "study": name, "trial_id": tid})
         out.mask_bytes[tid] = local.read_bytes()
         trial.log_state_dict({"w": torch.full((3,), float(i))})
-        if i == 0:
-            trial.log_trial_plots(history=history, hamming=[0.1, 0.02], masks=masks)
         trial.set_phase("done")
         trial.finish("FAILED" if i == fail_trial else "FINISHED")
         out.runs[tid] = trial.run_id

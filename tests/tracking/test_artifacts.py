@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from s2ap.config import config_hash
 from tests.tracking.conftest import fake_masks
 from tracking.artifacts import (
     MAGIC,
     MaskFileError,
-    config_hash,
     file_sha256,
     load_masks,
     load_state_dict,
@@ -176,7 +176,8 @@ def test_edited_header_is_detected(tmp_path: Path) -> None:
 
 def test_inconsistent_header_with_recomputed_digest(tmp_path: Path) -> None:
     """Someone rewrites a layer's shape and fixes the header hash: the layout check catches it."""
-    from tracking.artifacts import _header_digest, canonical_json
+    from s2ap.config import canonical_json
+    from tracking.artifacts import _header_digest
 
     path = tmp_path / "m.s2mask"
     save_masks(path, fake_masks(0), {})

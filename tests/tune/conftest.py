@@ -87,8 +87,8 @@ def trial_config(folder: Path, **sampled: object) -> dict[str, Any]:
     """A trial's config as Ray Tune hands it to the Trainable: the sampled values (rho 0.1, one
     ascent step, then ``sampled``) and the study's context, for TINY_STUDY with 2 finetune
     epochs written to ``folder``."""
-    from tune.context import CONTEXT_KEY, make_trial_context
-    from tune.study import load_study
+    from tune.study.file import load_study
+    from tune.trial.context import CONTEXT_KEY, make_trial_context
 
     study = load_study(write_study(folder, {"finetune.epochs": 2}))
     ctx = make_trial_context(

@@ -27,9 +27,9 @@ from mlflow.tracking import MlflowClient
 
 from tests.support.processes import kill_leftovers
 from tests.tune.conftest import S2AP, run_cli, short_tmp, trial_config, write_study
-from tune.context import CONTEXT_KEY
-from tune.study import Study, load_study
-from tune.trainable import S2APTrainable
+from tune.study.file import Study, load_study
+from tune.trial.context import CONTEXT_KEY
+from tune.trial.trainable import S2APTrainable
 
 pytestmark = pytest.mark.ray
 

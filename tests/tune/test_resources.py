@@ -15,8 +15,8 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from tests.tune.conftest import run_cli, short_tmp, write_study
-from tune.service import LaunchOptions, run_study
-from tune.study import load_study
+from tune.driver.launch import LaunchOptions, run_study
+from tune.study.file import load_study
 
 #: Trials that take a few seconds each, so that concurrent ones overlap.
 GPU_STUDY = {

@@ -11,10 +11,10 @@ import pytest
 from tests.tune.conftest import write_study
 from tracking.client import TAG_BEST_TRIAL_ID
 from tune.cli import main
-from tune.results import TrialRow, best_trial, read_trial_rows
-from tune.status import study_status
-from tune.study import Study, load_study
-from tune.summary import build_summary, record_summary, write_summary
+from tune.results.status import study_status
+from tune.results.summary import build_summary, record_summary, write_summary
+from tune.results.trials import TrialRow, best_trial, read_trial_rows
+from tune.study.file import Study, load_study
 
 #: prune.rho -> (val_robust_acc, epochs reported). Two complete trials tie; a better one stops.
 PLAN = {0.1: (0.5, 2), 0.2: (0.5, 2), 0.3: (0.9, 1)}

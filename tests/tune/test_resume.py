@@ -20,7 +20,7 @@ from ray import tune
 
 from tests.support.processes import descendants, kill_leftovers
 from tests.tune.conftest import S2AP, run_cli, short_tmp, write_study
-from tune.study import load_study
+from tune.study.file import load_study
 
 pytestmark = pytest.mark.ray
 

@@ -14,16 +14,16 @@ import pytest
 from ray.tune.search import Searcher
 
 from s2ap.config import ConfigError, RunConfig
-from tune.baselines import (
+from tune.driver.searcher import StudySearcher, make_searcher
+from tune.study.baselines import (
     BASELINE_KEY,
     EffectiveKey,
     baseline_trials,
     check_baselines,
     trial_values,
 )
-from tune.search import ObjectiveConfig, SearcherConfig, make_searcher
-from tune.searcher import StudySearcher
-from tune.space import parse_search_space
+from tune.study.settings import ObjectiveConfig, SearcherConfig
+from tune.study.space import parse_search_space
 
 BASE = RunConfig().model_dump(mode="json")
 HYDRA = {"hydra": {"prune.perturbation": "none"}}

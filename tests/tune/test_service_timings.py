@@ -1,5 +1,6 @@
-"""Where a study's time goes: the timing record (tune.timings), the trial's timing results, the
-checkpoint's selected-mask cache, and the overhead benchmark's argument handling and breakdown."""
+"""Where a study's time goes: the timing record (tune.common.timings), the trial's timing
+results, the checkpoint's selected-mask cache, and the overhead benchmark's argument handling
+and breakdown."""
 
 from __future__ import annotations
 
@@ -17,16 +18,16 @@ import torch
 import yaml
 
 from tests.tune.conftest import REPO, TINY_STUDY, trial_config, write_study
-from tune.pipelines import SelectedMasks, build_pipelines
-from tune.study import load_study
-from tune.timings import (
+from tune.common.timings import (
     TIMING_KEY,
     StepTimes,
     epoch_timings,
     process_start_time,
     study_timings,
 )
-from tune.trainable import S2APTrainable
+from tune.study.file import load_study
+from tune.trial.pipelines import SelectedMasks, build_pipelines
+from tune.trial.trainable import S2APTrainable
 
 
 def _benchmark() -> ModuleType:
@@ -40,7 +41,7 @@ def _benchmark() -> ModuleType:
     return module
 
 
-# --- tune.timings ---------------------------------------------------------------------------------
+# --- tune.common.timings ----------------------------------------------------------------------
 def test_step_times_add_up_per_step_and_count_a_raising_step() -> None:
     times = StepTimes()
     for _ in range(2):
@@ -143,7 +144,7 @@ def test_selected_masks_match_a_copy_of_the_selected_model_every_epoch(tmp_path:
 # --- the MLflow store prepared while Ray starts ---------------------------------------------------
 def test_a_new_store_is_built_aside_and_installed_only_when_asked(tmp_path: Path) -> None:
     from tracking.client import make_client
-    from tune.warmup import StoreWarmup
+    from tune.driver.warmup import StoreWarmup
 
     target = tmp_path / "root" / "mlflow.db"
     refused = StoreWarmup(f"sqlite:///{target}")
@@ -160,7 +161,7 @@ def test_a_new_store_is_built_aside_and_installed_only_when_asked(tmp_path: Path
 
 
 def test_an_existing_store_is_never_replaced(tmp_path: Path) -> None:
-    from tune.warmup import StoreWarmup
+    from tune.driver.warmup import StoreWarmup
 
     target = tmp_path / "mlflow.db"
     warmup = StoreWarmup(f"sqlite:///{target}")  # missing now: built aside ...

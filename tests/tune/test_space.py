@@ -6,8 +6,9 @@ import optuna
 import pytest
 
 from s2ap.config import ConfigError, RunConfig
-from tune.search import SearcherConfig, check_searcher, make_sampler
-from tune.space import DefineByRun, parse_search_space
+from tune.driver.searcher import make_sampler
+from tune.study.settings import SearcherConfig, check_searcher
+from tune.study.space import DefineByRun, parse_search_space
 
 BASE = RunConfig().model_dump(mode="json")
 

@@ -12,8 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.tune.conftest import run_cli, short_tmp, write_study
-from tune.baselines import EffectiveKey
-from tune.study import load_study
+from tune.study.baselines import EffectiveKey
+from tune.study.file import load_study
 
 pytestmark = pytest.mark.ray
 

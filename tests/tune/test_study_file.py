@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.tune.conftest import run_cli, write_study
-from tune.study import StudyError, load_study
+from tune.study.file import StudyError, load_study
 
 
 def test_tiny_study_loads_with_absolute_paths(tmp_path: Path) -> None:

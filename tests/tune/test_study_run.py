@@ -17,10 +17,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from tests.tune.conftest import S2AP, write_study
-from tune.checkpoint import load_trial_checkpoint
 from tune.cli import main
-from tune.service import LaunchOptions, run_study
-from tune.study import load_study
+from tune.driver.launch import LaunchOptions, run_study
+from tune.study.file import load_study
+from tune.trial.checkpoint import load_trial_checkpoint
 
 
 @pytest.mark.ray

@@ -10,9 +10,9 @@ import torch
 from ray.tune.utils import validate_save_restore
 
 from tests.tune.conftest import trial_config
-from tune.checkpoint import load_trial_checkpoint
-from tune.context import CONTEXT_KEY, TrialConfigError
-from tune.trainable import S2APTrainable
+from tune.trial.checkpoint import load_trial_checkpoint
+from tune.trial.context import CONTEXT_KEY, TrialConfigError
+from tune.trial.trainable import S2APTrainable
 
 
 @pytest.mark.ray

@@ -25,10 +25,10 @@ import yaml
 
 from tests.support.files import snapshot
 from tests.tune.conftest import run_cli, short_tmp, write_study
-from tune.checkpoint import read_trial_state
 from tune.cli import main
-from tune.study import load_study
-from tune.untrusted import UntrustedFileError
+from tune.common.untrusted import UntrustedFileError
+from tune.study.file import load_study
+from tune.trial.checkpoint import read_trial_state
 
 REFUSAL = "holds pickled objects other than tensors and plain data"
 

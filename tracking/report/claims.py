@@ -54,9 +54,10 @@ class ClaimResult:
 def _comparisons(cells: Cells, arm_a: str, arm_b: str, *, prune_only: bool = False) -> Pairs:
     """Pairs of cells (arm_a vs arm_b) at the same finetuning and sparsity.
 
-    ``arm_b`` cells are matched on rho/steps when both arms have them (S2AP vs random), else on
-    finetuning and sparsity only (vs HYDRA). ``prune_only``: the prune phase does not depend on
-    the finetuning, so only the AT trials are used (the AWP ones repeat the same prune run).
+    ``arm_b`` cells are matched on the radius and the ascent steps when ``arm_b`` reads them
+    (S2AP vs random: the radius), and always on finetuning and sparsity (vs HYDRA: only those).
+    ``prune_only``: the prune phase does not depend on the finetuning, so only the AT trials are
+    used (the AWP ones repeat the same prune run).
     """
     out = []
     for ca, ra in cells.items():
@@ -65,7 +66,10 @@ def _comparisons(cells: Cells, arm_a: str, arm_b: str, *, prune_only: bool = Fal
         for cb, rb in cells.items():
             if cb.arm != arm_b or cb.finetune != ca.finetune or cb.sparsity != ca.sparsity:
                 continue
-            if cb.rho is not None and (cb.rho, cb.ascent_steps) != (ca.rho, ca.ascent_steps):
+            # Matched on the settings arm_b reads (random reads the radius, not the steps).
+            if cb.rho is not None and cb.rho != ca.rho:
+                continue
+            if cb.ascent_steps is not None and cb.ascent_steps != ca.ascent_steps:
                 continue
             radius = "" if ca.rho is None else f", rho {ca.rho:g}/{ca.ascent_steps} step(s)"
             label = (

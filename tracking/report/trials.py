@@ -30,12 +30,12 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
+from s2ap.arms import ARMS, DEFAULT_HOST, HOSTS, method_label
 from tracking.client import make_client
 from tracking.pull import StudyNotFoundError, finished_trial_runs, study_experiment
 from tracking.report.stats import MeanStd, mean_std
 
 __all__ = [
-    "ARMS",
     "ARM_ORDER",
     "HISTORY_KEYS",
     "TEST_METRICS",
@@ -52,9 +52,9 @@ __all__ = [
     "split_studies",
 ]
 
-#: prune.perturbation -> the arm's name on the page, in display order.
-ARMS: dict[str, str] = {"none": "HYDRA", "score": "S2AP", "random": "random"}
-ARM_ORDER = list(ARMS.values())
+#: The methods' names on the page (:func:`s2ap.arms.method_label`), in display order: each host's
+#: plain update, then its arms (HYDRA, S2AP, random, HARP, HARP+S2AP, HARP+random).
+ARM_ORDER = [method_label(host, arm) for host in HOSTS.in_order() for arm in ARMS.in_order()]
 #: The flattened param of the prune warm-up (epochs before S2AP starts perturbing).
 WARMUP_PARAM = "prune.warmup_epochs"
 #: Per-epoch series the page needs from each run.
@@ -94,8 +94,21 @@ class TrialRun:
 
     @property
     def arm(self) -> str:
-        p = self.params.get("prune.perturbation", "score")
-        return ARMS.get(p, p)
+        """The run's method on the page (``HYDRA``, ``S2AP``, ``HARP+S2AP``, ...); a run of an
+        arm or host this version does not know shows its raw names."""
+        host = self.params.get("prune.host", DEFAULT_HOST)
+        arm = self.params.get("prune.perturbation", "score")
+        try:
+            return method_label(host, arm)
+        except ValueError:
+            return f"{host}+{arm}"
+
+    def _reads(self, setting: str) -> bool:
+        """Whether the run's arm reads ``prune.<setting>`` (:attr:`s2ap.arms.Arm.reads`)."""
+        arm = self.params.get("prune.perturbation", "score")
+        if arm in ARMS.names():
+            return setting in ARMS.get(arm).reads
+        return f"prune.{setting}" in self.params
 
     @property
     def finetune(self) -> str:
@@ -107,11 +120,12 @@ class TrialRun:
 
     @property
     def rho(self) -> float | None:
-        return None if self.arm == "HYDRA" else _num(self.params.get("prune.rho"))
+        return _num(self.params.get("prune.rho")) if self._reads("rho") else None
 
     @property
     def ascent_steps(self) -> int | None:
-        return None if self.arm == "HYDRA" else int(_num(self.params.get("prune.ascent_steps"), 1))
+        steps = _num(self.params.get("prune.ascent_steps"), 1)
+        return int(steps) if self._reads("ascent_steps") else None
 
     @property
     def seed(self) -> int:
@@ -177,7 +191,8 @@ class Cell:
     def label(self, *, with_radius: bool = True) -> str:
         parts = [self.arm, self.finetune, f"sparsity {self.sparsity:g}"]
         if with_radius and self.rho is not None:
-            parts.append(f"rho {self.rho:g}, {self.ascent_steps} step(s)")
+            steps = "" if self.ascent_steps is None else f", {self.ascent_steps} step(s)"
+            parts.append(f"rho {self.rho:g}{steps}")
         return ", ".join(parts)
 
 

@@ -1,6 +1,6 @@
 """The ``s2ap`` command line: run one pipeline, launch/resume/submit/inspect a study, masks, UI.
 
-    s2ap run RUN.yaml --out DIR                      one pipeline, no Ray (tune.run)
+    s2ap run RUN.yaml --out DIR                      one pipeline, no Ray (tune.trial.standalone)
     s2ap tune STUDY.yaml [--resume|--overwrite] [--address auto|HOST:PORT] [--tracking-uri URI]
     s2ap submit STUDY.yaml --address http://HEAD:8265 [--wait]
     s2ap status STUDY.yaml [--json]
@@ -28,7 +28,8 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from tune.cli import evaluate, launch, masks, report, run, status, submit, ui
-from tune.cli.common import Command, UserError
+from tune.cli.common import Command
+from tune.common.inputs import UserError
 
 __all__ = [
     "COMMANDS",

@@ -1,18 +1,13 @@
 """``s2ap evaluate STUDY.yaml [--trial ID]``: test-set numbers of a trial's checkpoint
-(default: the best trial), measured here (:mod:`tune.evaluation`)."""
+(default: the best trial), measured here (:mod:`tune.trial.evaluation`)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from tune.cli.common import (
-    POSITIVE_INT,
-    Command,
-    UserError,
-    add_study_arguments,
-    load_study_args,
-)
+from tune.cli.common import POSITIVE_INT, Command, add_study_arguments, load_study_args
+from tune.common.inputs import UserError
 
 __all__ = ["COMMAND"]
 
@@ -29,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _pick(study: Any, trial: str | None) -> dict[str, Any]:
     """The row of ``--trial``, or the best trial's; it must have a checkpoint."""
-    from tune.results import best_trial, read_trial_rows
+    from tune.results.trials import best_trial, read_trial_rows
 
     rows = read_trial_rows(study)
     if trial:
@@ -52,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from tune.evaluation import evaluate_trial_checkpoint
+    from tune.trial.evaluation import evaluate_trial_checkpoint
 
     study = load_study_args(args)
     row = _pick(study, args.trial)

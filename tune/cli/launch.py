@@ -1,4 +1,4 @@
-"""``s2ap tune STUDY.yaml``: launch, resume or start over a study (:mod:`tune.service`)."""
+"""``s2ap tune STUDY.yaml``: launch, resume or start over a study (:mod:`tune.driver.launch`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from tune.cli.common import (
     POSITIVE_INT,
     Command,
     add_study_arguments,
-    check_writable_folder,
     load_study_args,
 )
+from tune.common.inputs import check_writable_folder
 
 __all__ = ["COMMAND"]
 
@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tune.service import LaunchOptions, run_study
+    from tune.driver.launch import LaunchOptions, run_study
 
     study = load_study_args(args)
     check_writable_folder(study.storage_root, "study.storage_root")

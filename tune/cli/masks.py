@@ -4,20 +4,11 @@ checkpoint, two masks compared."""
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
-from tune.cli.common import (
-    Command,
-    UserError,
-    check_output_file,
-    check_writable_folder,
-    method_text,
-    refuse_existing,
-    require_store,
-    study_or_name,
-)
+from tune.cli.common import Command, require_store, study_or_name
+from tune.common.inputs import UserError, check_output_file, check_writable_folder, refuse_existing
 
 __all__ = ["COMMAND"]
 
@@ -52,6 +43,8 @@ def pull(args: argparse.Namespace) -> int:
     print(f"best trial {pulled.trial_id} (run {pulled.run_id}) by {metric} {mode}")
     sparsity = header.get("global_sparsity", float("nan"))
     where = f"{header.get('architecture', '?')} on {header.get('dataset', '?')}"
+    from s2ap.arms import method_text
+
     print(f"mask:    {pulled.mask_path}  (sparsity {sparsity:.4f}, {where}, {method_text(header)})")
     if pulled.weights_path:
         print(f"weights: {pulled.weights_path}")
@@ -82,30 +75,19 @@ def _load_checkpoint_state(path: Path) -> dict[str, Any]:
 
 def _save_state(out: Path, state: dict[str, Any]) -> None:
     """Safetensors by suffix, else torch.save; atomically (a temp file renamed into place)."""
-    import tempfile
-
-    import torch
-
     from tracking.artifacts import save_state_dict
+    from tune.common.files import save_torch
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".safetensors":
         save_state_dict(out, state)
-        return
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}-")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    else:
+        save_torch(state, out)
 
 
 def apply(args: argparse.Namespace) -> int:
     from s2ap.masking import apply_masks_to_state_dict
     from tracking.artifacts import load_masks
-    from tune.untrusted import check_tensor_file
+    from tune.common.untrusted import check_tensor_file
 
     mask_path, checkpoint = Path(args.mask), Path(args.checkpoint)
     out = Path(args.out).absolute()
@@ -122,6 +104,8 @@ def apply(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(f"{mask_path} does not fit {args.checkpoint}: {exc}") from None
     _save_state(out, pruned)
+    from s2ap.arms import method_text
+
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
     print(

@@ -6,14 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tune.cli.common import (
-    Command,
-    UserError,
-    check_output_file,
-    check_writable_folder,
-    require_store,
-    study_or_name,
-)
+from tune.cli.common import Command, require_store, study_or_name
+from tune.common.inputs import UserError, check_output_file, check_writable_folder
 
 __all__ = ["COMMAND"]
 

@@ -1,4 +1,5 @@
-"""``s2ap run RUN.yaml --out DIR``: one pipeline, in-process, no Ray (:mod:`tune.run`)."""
+"""``s2ap run RUN.yaml --out DIR``: one pipeline, in-process, no Ray
+(:mod:`tune.trial.standalone`)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tune.run import run_command
+    from tune.trial.standalone import run_command
 
     return int(run_command(args))
 

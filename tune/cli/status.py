@@ -1,4 +1,5 @@
-"""``s2ap status STUDY.yaml [--json]``: trials and best configuration (:mod:`tune.status`)."""
+"""``s2ap status STUDY.yaml [--json]``: trials and best configuration
+(:mod:`tune.results.status`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from tune.status import print_status, study_status
+    from tune.results.status import print_status, study_status
 
     study = load_study_args(args)
     status = study_status(study)

@@ -1,12 +1,13 @@
 """``s2ap submit STUDY.yaml --address http://HEAD:8265``: the study as a Ray Job
-(:mod:`tune.submit`)."""
+(:mod:`tune.cluster.submit`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from tune.cli.common import Command, UserError, add_study_arguments, load_study_args
+from tune.cli.common import Command, add_study_arguments, load_study_args
+from tune.common.inputs import UserError
 
 __all__ = ["COMMAND"]
 
@@ -38,7 +39,7 @@ def _tune_args(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tune.submit import submit_study
+    from tune.cluster.submit import submit_study
 
     study = load_study_args(args)
     if args.working_dir and not Path(args.working_dir).is_dir():

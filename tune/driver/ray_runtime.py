@@ -1,0 +1,156 @@
+"""The Ray runtime a study runs on: a local one started here, or a cluster joined with
+``--address``; and the checks that a trial can ever be placed on it.
+
+Ray would leave a trial asking for more than any node has PENDING forever, so
+:func:`check_cluster` fails fast with the request, what the cluster has and the fixes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from tune.common.console import warn
+from tune.common.timings import StepTimes
+from tune.driver.options import LaunchOptions
+from tune.study.file import Study, StudyError
+
+__all__ = ["check_cluster", "check_cluster_resources", "is_local", "ray_runtime"]
+
+
+def is_local(address: str | None) -> bool:
+    """True for a local Ray runtime started by this process (no ``--address``)."""
+    return address in (None, "", "local")
+
+
+def _short_temp_dir(requested: str | None) -> str:
+    """A Ray temp dir with a short path (Ray's unix sockets must stay under 107 bytes)."""
+    if requested:
+        path = Path(requested).absolute()
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+    # One folder per user (Ray keeps one session_* folder per runtime inside, like /tmp/ray).
+    base = Path("/tmp" if os.name == "posix" else tempfile.gettempdir())
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    path = base / f"s2ap-ray-{uid}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return str(path)
+
+
+def _init_ray(options: LaunchOptions) -> bool:
+    """Start or join Ray; return True if this call started it (and must shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if is_local(options.address):
+        ray.init(
+            address="local",
+            num_cpus=options.num_cpus,
+            num_gpus=options.num_gpus,
+            _temp_dir=_short_temp_dir(options.ray_temp_dir),
+            include_dashboard=False,
+            log_to_driver=options.verbose > 0,
+        )
+        return True
+    if options.num_cpus is not None or options.num_gpus is not None:
+        raise StudyError(
+            "--num-cpus/--num-gpus size a local Ray runtime; a cluster (--address) has its own"
+        )
+    try:
+        ray.init(address=options.address, log_to_driver=options.verbose > 0)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise StudyError(
+            f"--address {options.address}: cannot connect to a Ray cluster ({exc}); check "
+            "the address (HOST:PORT of the head's GCS, or auto on a cluster node) and that "
+            "the cluster is up (`ray status`)"
+        ) from None
+    return True
+
+
+@contextlib.contextmanager
+def ray_runtime(options: LaunchOptions, times: StepTimes | None = None) -> Iterator[None]:
+    """Ray started or joined for the block; shut down afterwards if this block started it
+    (an already initialised Ray, e.g. a test's, is used as is and left running). ``times``
+    gets the seconds of ``ray_start`` and ``ray_shutdown``."""
+    import ray
+
+    times = times if times is not None else StepTimes()
+    with times.step("ray_start"):
+        started = _init_ray(options)
+    try:
+        yield
+    finally:
+        if started:
+            with times.step("ray_shutdown"):
+                ray.shutdown()
+
+
+def _alive_nodes() -> list[dict[str, Any]]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def check_cluster_resources(cpu: float, gpu: float, *, where: str = "the Ray cluster") -> None:
+    """Fail fast if no alive node can ever hold one trial (``cpu`` CPUs and ``gpu`` GPUs).
+
+    Ray would otherwise leave every trial PENDING forever. The message names the request,
+    what the cluster has, and the fixes.
+    """
+    import ray
+
+    nodes = _alive_nodes()
+
+    def fits(res: dict[str, float]) -> bool:
+        return res.get("CPU", 0.0) >= cpu - 1e-9 and res.get("GPU", 0.0) >= gpu - 1e-9
+
+    if any(fits(n.get("Resources", {})) for n in nodes):
+        return
+    totals = ray.cluster_resources()
+    per_node = "; ".join(
+        f"{n.get('NodeManagerAddress', '?')}: {n.get('Resources', {}).get('CPU', 0):g} CPU, "
+        f"{n.get('Resources', {}).get('GPU', 0):g} GPU"
+        for n in nodes
+    )
+    if gpu > 0 and totals.get("GPU", 0) == 0:
+        what = f"{where} has no GPU"
+        fix = (
+            "set study.resources.gpu: 0 to train on CPUs, or run on a cluster with GPU nodes "
+            "(--address HOST:PORT)"
+        )
+    else:
+        what = f"no node of {where} has that much"
+        fix = (
+            "lower study.resources (cpu/gpu per trial), or add bigger nodes; on an autoscaling "
+            "cluster pass --skip-resource-check"
+        )
+    raise StudyError(
+        f"study.resources: each trial asks for {cpu:g} CPU and {gpu:g} GPU, but {what} "
+        f"(total {totals.get('CPU', 0):g} CPU, {totals.get('GPU', 0):g} GPU; nodes: "
+        f"{per_node or 'none alive'}); the trials would wait forever. Fix: {fix}"
+    )
+
+
+def check_cluster(study: Study, options: LaunchOptions, err: IO[str]) -> None:
+    """Before anything is written: a trial fits some node, and a multi-node cluster writes
+    to shared storage (a warning otherwise)."""
+    from tune.cluster import check_storage_for_address
+
+    resources = study.settings.resources
+    if not options.skip_resource_check:
+        check_cluster_resources(resources.cpu, resources.gpu)
+    if is_local(options.address):
+        return
+    warning = check_storage_for_address(
+        options.address,
+        study.storage_root,
+        shared=options.shared_storage,
+        num_nodes=len(_alive_nodes()),
+    )
+    if warning:
+        warn(warning, err)
