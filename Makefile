@@ -54,3 +54,32 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# ---- Containers (docker/): the image, its base, PostgreSQL, the cluster test ----------------------
+# docker/host.sh installs Docker (Debian's docker.io, docker-compose) when missing and starts a
+# daemon when none answers; docker/image.sh builds FROM the official python image, or from a local
+# one made of Debian's packages where Docker Hub is out of reach (docs/cluster.md, "Tested here").
+S2AP_IMAGE ?= s2ap:latest
+export S2AP_IMAGE
+
+.PHONY: docker-host base-image postgres-image image test-cluster
+
+docker-host:
+	@docker/host.sh
+
+base-image: docker-host
+	@docker/image.sh base
+
+postgres-image: docker-host
+	@docker/image.sh postgres
+
+image: docker-host
+	docker/image.sh image
+
+# The compose stack for real (tests/docker/test_stack.py, 11-15 min): not part of `make test`.
+# Without a usable Docker daemon the test skips and says why.
+test-cluster: install
+	@if docker/host.sh; then \
+	  docker/image.sh image && pg=$$(docker/image.sh postgres) || exit 1; \
+	else echo "make test-cluster: no usable Docker daemon here (see above): the test skips"; fi; \
+	POSTGRES_IMAGE="$$pg" $(PY) -m pytest -q -p no:cacheprovider -m cluster tests/docker/test_stack.py

@@ -25,6 +25,14 @@ epoch's end; ``s2ap run``'s first start is its first end less a median epoch), a
 service adds over ``s2ap run``; and where the difference goes. Figures are medians over the
 repeats. The config is the one given: it is never lengthened to hide fixed cost.
 ``--records FILE`` prints the tables again from a ``records.json`` an earlier call wrote.
+
+``--peer STUDY.yaml`` instead times ``s2ap tune STUDY.yaml`` against the plain-Optuna loop a
+user could write (``benchmarks/peer_optuna.py``: same space, sampler, rungs, dense model and
+test evaluation) back to back, alternating ``--repeats`` pairs, and prints both walls, the epochs
+each trained, the slot-seconds per trained epoch, the best value each found, the ratio of the
+walls per pair and their median, and the service's per-trial set-up (``summary.json``):
+
+    python benchmarks/service_overhead.py --peer configs/quickstart.yaml --repeats 3
 """
 
 from __future__ import annotations
@@ -313,6 +321,121 @@ def timings_table(tunes: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+# --------------------------------------------------------------------------------------------
+# s2ap tune against the plain-Optuna peer
+
+
+def _tune_study(study: Path, work: Path, env: dict[str, str]) -> dict[str, Any]:
+    """``s2ap tune STUDY`` in a fresh storage root: wall, epochs, best value, set-up medians."""
+    root = work / "studies"
+    start = time.perf_counter()
+    subprocess.run(
+        [*S2AP, "tune", str(study), "--storage-root", str(root), "-q"],
+        check=True,
+        env=env,
+        cwd=work,
+        stdout=subprocess.DEVNULL,
+    )
+    wall = time.perf_counter() - start
+    experiment = next(p.parent for p in root.glob("*/summary.json"))
+    summary = json.loads((experiment / "summary.json").read_text())
+    results = [_trial_results_of(d) for d in sorted(experiment.glob("trial_*"))]
+    setups = [r[0].get("timing", {}).get("setup", {}) for r in results if r]
+    setup = {
+        k: statistics.median(s.get(k, 0.0) for s in setups)
+        for k in sorted({k for s in setups for k in s})
+    }
+    best = summary.get("best") or {}
+    objective = summary["objectives"][0]["metric"]
+    return {
+        "wall_s": wall,
+        "search_s": summary["timings"].get("fit_s", float("nan")),
+        "epochs": sum(len(r) for r in results),
+        "slots": _slots(study),
+        "best_value": (best.get("metrics") or {}).get(objective),
+        "test": summary.get("test"),
+        "setup_median_s": setup,
+        "setup_total_s": sum(sum(s.values()) for s in setups),
+        "trials": len(results),
+    }
+
+
+def _trial_results_of(trial_dir: Path) -> list[dict[str, Any]]:
+    path = trial_dir / "result.json"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _slots(study: Path) -> int:
+    settings = (yaml.safe_load(study.read_text()) or {}).get("study") or {}
+    return int(settings.get("max_concurrent_trials") or 1)
+
+
+def _peer(study: Path, work: Path, env: dict[str, str]) -> dict[str, Any]:
+    """``benchmarks/peer_optuna.py STUDY`` in a fresh folder: its JSON line plus the wall."""
+    script = Path(__file__).resolve().parent / "peer_optuna.py"
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, str(script), str(study), "--work", str(work)],
+        check=True,
+        env=env,
+        cwd=work.parent,
+        capture_output=True,
+        text=True,
+    )
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out["wall_s"] = time.perf_counter() - start
+    return out
+
+
+def peer_table(pairs: list[dict[str, Any]]) -> list[str]:
+    """One row per command and pair, then the medians."""
+    lines = [
+        "| pair | command | wall s | search s | epochs | slot-s per epoch | best value |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    ratios = []
+    for i, pair in enumerate(pairs):
+        for name in ("peer", "tune"):
+            r = pair[name]
+            per_epoch = r["search_s"] * r["slots"] / max(1, r["epochs"])
+            best = r.get("best_value")
+            shown = f"{best:.4f}" if isinstance(best, float) else "-"
+            lines.append(
+                f"| {i} | {'plain Optuna' if name == 'peer' else 's2ap tune'} | "
+                f"{r['wall_s']:.1f} | {r['search_s']:.1f} | {r['epochs']} | {per_epoch:.3f} | "
+                f"{shown} |"
+            )
+        ratios.append(pair["tune"]["wall_s"] / pair["peer"]["wall_s"])
+    lines.append("")
+    shown = ", ".join(f"{r:.3f}" for r in ratios)
+    lines.append(f"s2ap tune / plain Optuna wall: {shown}; median {statistics.median(ratios):.3f}")
+    setups = [p["tune"]["setup_median_s"] for p in pairs]
+    keys = sorted({k for s in setups for k in s})
+    lines.append(
+        "s2ap tune per-trial set-up (median over trials, then over pairs): "
+        + ", ".join(f"{k} {statistics.median(s.get(k, 0.0) for s in setups):.3f}" for k in keys)
+    )
+    return lines
+
+
+def peer_main(study: Path, repeats: int, work: Path, env: dict[str, str]) -> None:
+    pairs = []
+    for i in range(repeats):
+        # Alternate who goes first, so a trend in the machine's load hits both alike.
+        order = ("peer", "tune") if i % 2 == 0 else ("tune", "peer")
+        pair: dict[str, Any] = {}
+        for name in order:
+            folder = work / f"pair{i}-{name}"
+            folder.mkdir(parents=True)
+            pair[name] = (_peer if name == "peer" else _tune_study)(study, folder, env)
+            print(f"pair {i}: {name} {pair[name]['wall_s']:.1f} s", flush=True)
+        pairs.append(pair)
+        (work / "peer-records.json").write_text(json.dumps(pairs, indent=1, default=str))
+    print("\n".join(peer_table(pairs)))
+    print(f"raw records: {work / 'peer-records.json'}")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, default=Path("configs/run-digits.yaml"))
@@ -323,6 +446,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--work", type=Path, help="working folder (default: a new temp folder)")
     parser.add_argument("--records", type=Path, help="only print the tables of a records.json")
+    parser.add_argument(
+        "--peer", type=Path, help="time s2ap tune on this study against the plain-Optuna peer"
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats: give 1 or more")
@@ -349,9 +475,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.records is not None:
         records = json.loads(args.records.read_text())
-        print("\n".join(report(records["runs"], records["tunes"])))
+        if isinstance(records, list):  # a --peer call's peer-records.json
+            print("\n".join(peer_table(records)))
+        else:
+            print("\n".join(report(records["runs"], records["tunes"])))
         return
     env = _env(args.pythonpath)
+    if args.peer is not None:
+        work = (args.work or Path(tempfile.mkdtemp(prefix="s2ap-peer-"))).absolute()
+        work.mkdir(parents=True, exist_ok=True)
+        peer_main(args.peer.absolute(), args.repeats, work, env)
+        return
     # Every command runs in the working folder: Ray puts the driver's folder first on its
     # workers' path, so a run from inside a source tree would mix two versions of the code.
     work = (args.work or Path(tempfile.mkdtemp(prefix="s2ap-overhead-"))).absolute()

@@ -12,26 +12,43 @@ import enum
 import hashlib
 import json
 import os
+import types
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "AWPConfig",
     "AugmentConfig",
     "ComputeConfig",
     "ConfigError",
+    "Count",
     "DataConfig",
     "EvaluateConfig",
     "FinetuneConfig",
+    "Flag",
     "HarpConfig",
     "ModelConfig",
+    "Number",
     "PretrainConfig",
     "PruneConfig",
     "RunConfig",
+    "StrictSection",
     "ThreatConfig",
     "ValidationConfig",
     "canonical_json",
@@ -40,6 +57,7 @@ __all__ = [
     "format_validation_error",
     "load_run_config",
     "read_yaml_file",
+    "yaml_text",
 ]
 
 
@@ -47,14 +65,86 @@ class ConfigError(ValueError):
     """A configuration problem, with the field's dotted path and the fix in the message."""
 
 
-class _Strict(BaseModel):
-    # allow_inf_nan=False: every float field of every section must be finite (YAML's .inf/.nan
-    # parse as floats and would otherwise pass a `ge=0` bound).
+def yaml_text(value: Any) -> str:
+    """A value as a user writes it in YAML (``true``, ``null``), for messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else repr(value)
+
+
+def _number_kind(annotation: Any) -> str | None:
+    """ "whole number" or "number" when a field takes numbers but not true/false, else None."""
+    found: set[Any] = set()
+
+    def walk(a: Any) -> None:
+        origin = typing.get_origin(a)
+        if origin is Annotated:
+            walk(typing.get_args(a)[0])
+        elif origin in (typing.Union, types.UnionType):
+            for arg in typing.get_args(a):
+                walk(arg)
+        else:
+            found.add(a)
+
+    walk(annotation)
+    if bool in found:
+        return None
+    if float in found:
+        return "number"
+    return "whole number" if int in found else None
+
+
+def _bool_for_a_number(kind: str, value: bool) -> PydanticCustomError:
+    return PydanticCustomError(
+        "bool_not_number",
+        "must be a {kind}, not {value}",
+        {"kind": kind, "value": yaml_text(value)},
+    )
+
+
+class StrictSection(BaseModel):
+    """Base of every configuration section (run config, study block, search space leaves).
+
+    Unknown fields are refused, floats must be finite (YAML's .inf/.nan would pass a ``ge=0``
+    bound), and a YAML boolean where a number goes is refused: pydantic would read ``true`` as
+    1 (a count) or 1.0. Counts and flags are strict themselves (:data:`Count`, :data:`Flag`).
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            kind = _number_kind(cls.model_fields[info.field_name].annotation)
+            if kind is not None:
+                raise _bool_for_a_number(kind, value)
+        return value
+
+
+class _Strict(StrictSection):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
-PositiveInt = Annotated[int, Field(ge=1)]
-NonNegInt = Annotated[int, Field(ge=0)]
+#: A whole number, strictly: ``2.0``, ``"2"`` and ``true`` are refused (pydantic's lax mode
+#: takes them as 2, 2 and 1).
+Count = Annotated[int, Field(strict=True)]
+#: true or false, strictly: ``1``, ``0`` and ``"yes"`` are refused.
+Flag = StrictBool
+PositiveInt = Annotated[int, Field(ge=1, strict=True)]
+
+
+def _not_a_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise _bool_for_a_number("number", value)
+    return value
+
+
+#: A float that refuses ``true``/``false``, for models that cannot derive from
+#: :class:`StrictSection` (a discriminated union's members: a before-validator on every field
+#: would wrap the discriminator too).
+Number = Annotated[float, BeforeValidator(_not_a_bool)]
+NonNegInt = Annotated[int, Field(ge=0, strict=True)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 # Upper bounds mark values that are certainly a mistake, not a recommended range.
 LearningRate = Annotated[float, Field(gt=0.0, le=10.0)]
@@ -73,19 +163,19 @@ class ThreatConfig(_Strict):
 
 class AugmentConfig(_Strict):
     crop_padding: NonNegInt = 0
-    flip: bool = False
+    flip: Flag = False
 
 
 class DataConfig(_Strict):
     source: str = "digits"
     root: str | None = None
-    download: bool = False
+    download: Flag = False
     val_size: float = Field(0.2, gt=0.0, description="fraction in (0,1) or a count >= 1")
     split_seed: NonNegInt = 0
     batch_size: PositiveInt = 128
     eval_batch_size: PositiveInt = 512
     augment: Literal["default", "none"] | AugmentConfig = "default"
-    in_memory: bool = True
+    in_memory: Flag = True
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("source")
@@ -182,7 +272,7 @@ class PruneConfig(_TrainConfig):
     score_init: Literal["scaled", "magnitude", "random"] = "scaled"
     include: list[str] | None = None
     exclude: list[str] | None = None
-    bn_trainable: bool = True
+    bn_trainable: Flag = True
     perturbation: str = Field(
         "score",
         description="the arm (s2ap.arms.ARMS): score (S2AP), random (control), none (host only)",
@@ -232,7 +322,7 @@ class PruneConfig(_TrainConfig):
 class AWPConfig(_Strict):
     """Adversarial weight perturbation (Wu et al., 2020) for the finetune stage."""
 
-    enabled: bool = False
+    enabled: Flag = False
     gamma: Radius = Field(5e-3, description="relative radius per layer")
     warmup_epochs: NonNegInt = 0
 
@@ -262,7 +352,7 @@ class EvaluateConfig(_Strict):
 
     n_examples: PositiveInt = 1000
     pgd_steps: PositiveInt = 20
-    autoattack: bool = True
+    autoattack: Flag = True
     autoattack_examples: PositiveInt | None = None
 
 
@@ -281,8 +371,8 @@ class ComputeConfig(_Strict):
     """
 
     amp: Literal["none", "bf16"] = "none"
-    channels_last: bool = False
-    compile: bool = False
+    channels_last: Flag = False
+    compile: Flag = False
 
 
 class RunConfig(_Strict):
@@ -383,12 +473,34 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: Far more than any run or study file: a larger file is the wrong file (a dataset, a checkpoint).
+_MAX_CONFIG_BYTES = 10_000_000
+
+
+def _check_regular_file(p: Path, what: str) -> None:
+    """Refuse what reading would hang on (a pipe, ``/dev/zero``) or fill memory with."""
+    if not p.exists() or p.is_dir():
+        return  # read_yaml_file says which
+    if not p.is_file():
+        raise ConfigError(
+            f"{p}: not a regular file (a device, pipe or socket); pass the {what} (a YAML file)"
+        )
+    size = p.stat().st_size
+    if size > _MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{p}: {size / 1e6:.0f} MB is far too large for a {what} (a few KB of YAML); is it "
+            "the right file?"
+        )
+
+
 def read_yaml_file(path: str | Path, what: str, example: str) -> tuple[dict[str, Any], str]:
     """The top-level mapping of a YAML file and its text; :class:`ConfigError` naming the file
     and the fix for whatever stops it: missing, a folder, unreadable, not UTF-8 text, not
     YAML, empty, or not a mapping. ``what`` names the file ("study file"), ``example`` is a
-    complete one to start from."""
+    complete one to start from. A device, pipe or socket, or a file over 10 MB, is refused
+    before it is read."""
     p = Path(path)
+    _check_regular_file(p, what)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -431,7 +543,12 @@ _MESSAGES: dict[str, Callable[[Any], str]] = {
         f"must be at most {e['ctx']['le']} (a larger value is certainly a mistake)"
     ),
     "int_from_float": lambda e: "must be a whole number (write e.g. 10, not 10.5)",
+    "int_type": lambda e: f"must be a whole number (e.g. 10), not {yaml_text(e.get('input'))}",
+    "bool_type": lambda e: f"must be true or false, not {yaml_text(e.get('input'))}",
+    "bool_not_number": lambda e: e["msg"],
 }
+#: Messages above that already show the value given.
+_SHOWS_INPUT = {"int_type", "bool_type", "bool_not_number"}
 
 
 def format_validation_error(err: ValidationError, source: str = "config") -> str:
@@ -442,7 +559,8 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
         known = _MESSAGES.get(e["type"])
         msg = known(e) if known else e["msg"].removeprefix("Value error, ")
         got = e.get("input")
-        got_text = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        shown = isinstance(got, dict) or got is None or e["type"] in _SHOWS_INPUT
+        got_text = "" if shown else f" (got {got!r})"
         lines.append(f"{source}: {loc or '<root>'}: {msg}{got_text}")
     return "\n".join(lines)
 

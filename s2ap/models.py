@@ -230,6 +230,22 @@ def vgg16_bn(spec: InputSpec) -> nn.Module:
     return CifarVGG(_VGG16_CFG, spec)
 
 
+# A CPU-sized VGG for CIFAR studies on 2 cores (configs/experiments/cifar10-cpu.yaml). Chosen by
+# measurement (benchmarks/cifar_cpu.py): on CPU the cost of a PGD step is dominated by the layers
+# at full resolution, so the net stays narrow there (16 channels at 32x32) and puts its capacity
+# at 4x4, where two 128-channel convolutions hold 2/3 of the weights for ~18% more time per
+# image than a single one. Doubling the 32x32 width cost 1.8x; a narrow ResNet-8 (16-32-64) 2.7x.
+_VGG6_NARROW_CFG: tuple[int | str, ...] = (16, "M", 32, "M", 64, "M", 128, 128)
+
+
+@register_model("vgg6_narrow")
+def vgg6_narrow(spec: InputSpec) -> nn.Module:
+    """Narrow VGG with batch norm, 5 convolutions and 1 linear layer (246,682 parameters for 10
+    classes), for 32x32 inputs on a CPU: 16-32-64 channels with a max-pool after each, then two
+    128-channel convolutions at 4x4, global average pool, linear."""
+    return CifarVGG(_VGG6_NARROW_CFG, spec)
+
+
 # --------------------------------------------------------------------------------------------------
 # WideResNet (Zagoruyko & Komodakis), pre-activation blocks, as in RobustBench / TRADES / HARP.
 

@@ -10,6 +10,8 @@ Modules, each on one concept: :mod:`~tracking.client` (tracking URIs, clients, t
 run), :mod:`~tracking.runs` (the study run) and :mod:`~tracking.trial` (a trial run),
 :mod:`~tracking.params` (params, tags), :mod:`~tracking.artifacts` (mask and weight files),
 :mod:`~tracking.plots` (figures), :mod:`~tracking.selection` and :mod:`~tracking.pull` (the best
-trial, pulling its mask), :mod:`~tracking.server` and :mod:`~tracking.ui` (the MLflow server, the
-UI on a study's trials), :mod:`~tracking.report` (the results page).
+trial, pulling its mask), :mod:`~tracking.registry` and :mod:`~tracking.pyfunc_model` (the best
+trial's model in the Model Registry, ``models:/<study>@best``, and its code),
+:mod:`~tracking.server` and :mod:`~tracking.ui` (the MLflow server, the UI on a study's trials),
+:mod:`~tracking.report` (the results page).
 """

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXPERIMENT_TAGS",
+    "OUTCOME_COMPLETED",
     "PRIMARY_METRIC",
     "ROLE_STUDY",
     "ROLE_TRIAL",
@@ -31,6 +32,7 @@ __all__ = [
     "TAG_OBJECTIVES",
     "TAG_OBJECTIVE_METRIC",
     "TAG_OBJECTIVE_MODE",
+    "TAG_OUTCOME",
     "TAG_PARENT",
     "TAG_PHASE",
     "TAG_ROLE",
@@ -39,6 +41,7 @@ __all__ = [
     "TrackingUnavailableError",
     "check_tracking_server",
     "filter_quote",
+    "is_completed_run",
     "is_http",
     "make_client",
     "resolve_tracking_uri",
@@ -61,6 +64,12 @@ TAG_BEST_TRIAL_ID = "s2ap.best_trial_id"
 TAG_OBJECTIVE_METRIC = "s2ap.objective.metric"
 TAG_OBJECTIVE_MODE = "s2ap.objective.mode"
 TAG_OBJECTIVES = "s2ap.objectives"
+#: On a trial run: how the trial ended (the study service's vocabulary is
+#: ``tune.trial.recorder.OUTCOMES``). The run's status alone does not say it: a trial the
+#: scheduler stopped early ends FINISHED too, as Ray Tune's own MLflow callback ends it.
+TAG_OUTCOME = "s2ap.outcome"
+#: The outcome of a trial that ran every epoch: the only kind that is a result.
+OUTCOME_COMPLETED = "completed"
 ROLE_STUDY = "study"
 ROLE_TRIAL = "trial"
 PRIMARY_METRIC = "val_robust_acc"
@@ -227,6 +236,14 @@ def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
     db = sqlite_path(uri)
     if db is not None:
         _check_sqlite(db)
+
+
+def is_completed_run(run: Any) -> bool:
+    """A trial run that is a result: FINISHED, and completed by its outcome tag (a run without
+    the tag, written by hand or by an older s2ap that ended stopped trials KILLED, counts by its
+    status alone)."""
+    outcome = run.data.tags.get(TAG_OUTCOME, OUTCOME_COMPLETED)
+    return run.info.status == "FINISHED" and outcome == OUTCOME_COMPLETED
 
 
 def filter_quote(value: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
+import os
 import platform
 import re
 import subprocess
@@ -66,9 +67,30 @@ def _git_commit() -> str:
     return commit if re.fullmatch(r"[0-9a-f]{40}", commit) else ""
 
 
+def _machine() -> str:
+    """The machine a run ran on, for result pages: CPUs this process may use, the CPU model
+    (``/proc/cpuinfo`` on Linux), the OS: ``2 CPUs (AMD EPYC), Linux x86_64``. A GPU run's
+    device is in the trial's own tags."""
+    try:
+        cpus = len(os.sched_getaffinity(0))  # what a container or taskset grants, not the host's
+    except AttributeError:
+        cpus = os.cpu_count() or 0
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            model = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), ""
+            )
+    except OSError:
+        model = platform.processor()
+    cpu = f" ({model})" if model else ""
+    return f"{cpus} CPUs{cpu}, {platform.system()} {platform.machine()}".strip()
+
+
 @functools.lru_cache(maxsize=1)
 def version_tags() -> dict[str, str]:
-    """Tags recording what produced a run: s2ap/torch/mlflow/python versions and the git commit."""
+    """Tags recording what produced a run: s2ap/torch/mlflow/python versions, the git commit and
+    the machine (``s2ap.machine``)."""
     try:
         s2ap_version = importlib.metadata.version("s2ap")
     except importlib.metadata.PackageNotFoundError:
@@ -78,6 +100,7 @@ def version_tags() -> dict[str, str]:
         "s2ap.torch_version": torch.__version__,
         "s2ap.mlflow_version": mlflow.__version__,
         "s2ap.python_version": platform.python_version(),
+        "s2ap.machine": tag_value(_machine()),
     }
     commit = _git_commit()
     if commit:

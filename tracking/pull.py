@@ -1,8 +1,9 @@
 """Find a study's best trial in MLflow and pull its mask (and weights) to a local folder.
 
-The best trial is the one :mod:`tracking.selection` defines: among the finished trial runs
-(``s2ap.role=trial``, status FINISHED; a running, failed or early-stopped trial's last metric is
-not a result), ranked on the objectives in order by each run's latest logged value (what the trial
+The best trial is the one :mod:`tracking.selection` defines: among the completed trial runs
+(``s2ap.role=trial``, status FINISHED with ``s2ap.outcome=completed``; a running, failed or
+early-stopped trial's last metric is not a result, and a trial the scheduler stopped ends
+FINISHED too), ranked on the objectives in order by each run's latest logged value (what the trial
 reported last and what the MLflow runs table shows), ties to the smallest trial id. When the
 requested metric and mode are the study's own first objective (the study run's
 ``s2ap.objective.*`` tags), the study run's ``s2ap.best_trial_id`` tag, set by the study service
@@ -32,8 +33,10 @@ from tracking.client import (
     TAG_OBJECTIVE_METRIC,
     TAG_OBJECTIVE_MODE,
     TAG_OBJECTIVES,
+    TAG_OUTCOME,
     TAG_ROLE,
     TAG_TRIAL_ID,
+    is_completed_run,
     make_client,
     resolve_tracking_uri,
     search_all_runs,
@@ -46,7 +49,7 @@ class StudyNotFoundError(LookupError):
 
 
 class NoFinishedTrialError(LookupError):
-    """The study exists but no finished trial has the requested metric."""
+    """The study exists but no completed trial has the requested metric."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,15 +125,18 @@ def study_objectives(study_tags: dict[str, str]) -> list[Objective]:
 def finished_trial_runs(
     client: MlflowClient, experiment_id: str
 ) -> tuple[dict[str, Any], Counter[str]]:
-    """The trial runs (``s2ap.role=trial``) of an experiment: trial id -> its finished run (the
-    latest one if a restored trial has several), and how many of the other runs have each
-    status (``RUNNING``, ``FAILED``, ``KILLED``): a running or failed trial is not a result."""
+    """The trial runs (``s2ap.role=trial``) of an experiment: trial id -> its completed run
+    (:func:`tracking.client.is_completed_run`; the latest one if a restored trial has several),
+    and how many of the other runs ended each way: their status (``RUNNING``, ``FAILED``,
+    ``KILLED``) or, for a FINISHED run that is not a result, its outcome (``stopped_early``)."""
     trials = search_all_runs(client, [experiment_id], f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'")
     finished: dict[str, Any] = {}
     unfinished: Counter[str] = Counter()
     for r in sorted(trials, key=lambda r: r.info.end_time or 0):
-        if r.info.status == "FINISHED":
+        if is_completed_run(r):
             finished[r.data.tags.get(TAG_TRIAL_ID) or r.info.run_id] = r
+        elif r.info.status == "FINISHED":
+            unfinished[r.data.tags.get(TAG_OUTCOME, r.info.status)] += 1
         else:
             unfinished[r.info.status] += 1
     return finished, unfinished
@@ -142,8 +148,8 @@ def _finished_trials(client: MlflowClient, study_name: str, experiment_id: str) 
     if not finished:
         listing = ", ".join(f"{n} {s}" for s, n in sorted(unfinished.items())) or "no trial runs"
         raise NoFinishedTrialError(
-            f"study {study_name!r} has no finished trial ({listing}); wait for trials to finish or "
-            "resume the study"
+            f"study {study_name!r} has no completed trial ({listing}); wait for trials to finish "
+            "or resume the study"
         )
     return finished
 
@@ -199,7 +205,7 @@ def find_best_trial(
     if best is None:
         keys = sorted({k for r in finished.values() for k in r.data.metrics})
         raise NoFinishedTrialError(
-            f"none of the {len(finished)} finished trials of {study_name!r} logged {metric!r}; "
+            f"none of the {len(finished)} completed trials of {study_name!r} logged {metric!r}; "
             f"metrics they have: {', '.join(keys) if keys else '(none)'}"
         )
     return BestTrial(
@@ -259,11 +265,15 @@ def pull_mask(
     with_weights: bool = False,
     weights_name: str = "final",
     best: BestTrial | None = None,
+    model: dict[str, Any] | None = None,
+    expected_sha256: str | None = None,
 ) -> PulledMask:
     """Download ``masks/<mask_name>.s2mask`` (and ``weights/<weights_name>.*``) of one run.
 
     The mask is verified by loading it (payload hash, header integrity) and against the run's
-    ``s2ap.masks.<name>.sha256`` tag. Writes ``<out_dir>/pulled.json`` with the provenance.
+    ``s2ap.masks.<name>.sha256`` tag. Writes ``<out_dir>/pulled.json`` with the provenance
+    (``model``: the registered model version it was found through, if any, whose recorded
+    payload sha256 ``expected_sha256`` the mask must have too).
     """
     client = _client(tracking_uri)
     out = Path(out_dir).absolute()
@@ -277,6 +287,12 @@ def pull_mask(
         raise ValueError(
             f"mask {mask_path} has payload sha256 {header['payload_sha256']} but run {run_id} "
             f"recorded {tagged}; the artifact was replaced after logging"
+        )
+    if expected_sha256 and expected_sha256 != header["payload_sha256"]:
+        where = f"{model['uri']} (version {model['version']})" if model else "the caller"
+        raise ValueError(
+            f"mask {mask_path} has payload sha256 {header['payload_sha256']} but {where} "
+            f"records {expected_sha256}; the artifact was replaced after registering"
         )
     weights_path = _pull_weights(client, run_id, weights_name, out) if with_weights else None
     trial_id = run.data.tags.get(TAG_TRIAL_ID)
@@ -292,6 +308,8 @@ def pull_mask(
         "weights_path": weights_path,
         "params": dict(run.data.params),
     }
+    if model is not None:
+        info["model"] = model
     info_path = out / "pulled.json"
     info_path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return PulledMask(
@@ -332,6 +350,34 @@ def pull_best_mask(
     )
 
 
+def pull_registered_mask(
+    tracking_uri: str,
+    model_uri: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    with_weights: bool = False,
+) -> PulledMask:
+    """Pull the mask of the trial a registered model version holds (``models:/<study>@best``,
+    ``models:/<study>/<version>``; :mod:`tracking.registry`): the alias or number names the
+    version, the version its run, and the run's mask is checked against the run's tag and the
+    version's ``s2ap.mask_sha256`` tag too."""
+    from tracking.registry import TAG_MASK_SHA256, registered_version
+
+    client = _client(tracking_uri)
+    version = registered_version(client, model_uri)
+    if not version.run_id:
+        raise LookupError(f"{model_uri}: version {version.version} comes from no run")
+    model = {"uri": model_uri, "name": version.name, "version": str(version.version)}
+    return pull_mask(
+        tracking_uri,
+        version.run_id,
+        out_dir,
+        with_weights=with_weights,
+        model=model,
+        expected_sha256=(version.tags or {}).get(TAG_MASK_SHA256),
+    )
+
+
 __all__ = [
     "BestTrial",
     "NoFinishedTrialError",
@@ -341,4 +387,5 @@ __all__ = [
     "finished_trial_runs",
     "pull_best_mask",
     "pull_mask",
+    "pull_registered_mask",
 ]

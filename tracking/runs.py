@@ -203,6 +203,7 @@ class StudyTracker(RunWriter):
         return {
             "tracking_uri": self.tracking_uri,
             "experiment_name": self.study_name,
+            "experiment_id": self.experiment_id,
             "parent_run_id": self.run_id,
             "storage_root": str(self.storage_root),
         }

@@ -75,6 +75,7 @@ class TrialTracker(RunWriter):
         *,
         storage_root: str | os.PathLike[str] | None = None,
         run_name: str | None = None,
+        experiment_id: str | None = None,
     ) -> TrialTracker:
         """Find this trial's run under ``parent_run_id`` (by tag ``s2ap.trial_id``) or create it.
 
@@ -91,7 +92,8 @@ class TrialTracker(RunWriter):
         self._init_writer(resolve_tracking_uri(tracking_uri, storage_root), storage_root, trial_id)
         self.trial_id, self.experiment_name = trial_id, experiment_name
         self.parent_run_id = parent_run_id
-        self.experiment_id = self._experiment_id()
+        # Known from the study's context: one lookup less per trial.
+        self.experiment_id = experiment_id or self._experiment_id()
         identity = {TAG_STUDY: experiment_name, TAG_TRIAL_ID: trial_id, TAG_ROLE: ROLE_TRIAL}
         flt = (
             f"tags.`{TAG_TRIAL_ID}` = {filter_quote(trial_id)} AND "

@@ -6,10 +6,19 @@ retries, it is queued in the run's outbox, and every later write waits behind th
 order holds. While writes are queued for an HTTP server, one ``/health`` request (no retries)
 decides whether to send them now, so a trial does not wait out MLflow's whole retry budget at
 every epoch of an outage. ``finish()`` sends what is queued, then ends the run.
+
+With ``background=True`` (a trial's run) an epoch's metrics are handed to a sender thread and the
+trial goes on training: the write's round trip (a store transaction, a lock wait on a shared
+sqlite file, an HTTP request) overlaps the next epoch instead of adding to it. Order still holds:
+every other write waits until the sender has sent what it was handed. What the sender has not
+sent yet lives in memory only until :meth:`RunWriter.spill` puts it into the outbox (durable):
+the trial calls it when it checkpoints, so a worker that dies after a checkpoint loses nothing
+(the epochs before it are in MLflow or the outbox; the epochs after it are trained again).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import tempfile
@@ -66,6 +75,72 @@ class RunWriter:
         self._warned_outage = False
         self._finished = False
         self._params = {}
+        #: Writes that failed over to the outbox (an outage, a locked store): counted for the
+        #: scale benchmark's "failed writes".
+        self.queued_writes = 0
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._idle = threading.Condition()
+        self._sender: threading.Thread | None = None
+
+    # -- background sending (epoch metrics of a trial) -----------------------------------
+    def start_background(self) -> None:
+        """From now on :meth:`log_metrics` hands its write to a sender thread (see the module
+        docstring); idempotent."""
+        if self._sender is None:
+            self._sender = threading.Thread(
+                target=self._send_pending, name=f"mlflow-{self.run_id[:8]}", daemon=True
+            )
+            self._sender.start()
+
+    def _send_pending(self) -> None:
+        while True:
+            with self._idle:
+                while not self._pending:
+                    self._idle.wait()
+                op = self._pending[0]
+            if op.get("op") == "stop":
+                with self._idle:
+                    self._pending.popleft()
+                    self._idle.notify_all()
+                return
+            try:
+                self._submit(op)
+            except Exception:  # a permanent refusal: logged, the trial goes on
+                _log.exception("MLflow refused %s", describe_op(op))
+            with self._idle:
+                self._pending.popleft()
+                self._idle.notify_all()
+
+    def flush(self) -> None:
+        """Wait until the sender has sent (or queued in the outbox) every write handed to it."""
+        with self._idle:
+            while self._pending:
+                self._idle.wait()
+
+    def spill(self) -> int:
+        """Put the writes the sender has not sent yet into the outbox (durable), so that they
+        survive this process; returns how many. The sender skips them afterwards (the outbox
+        goes first at the next write), except the one it may be sending now."""
+        with self._idle:
+            waiting = [op for op in self._pending if op.get("op") != "stop"]
+            # The first one may be on its way now: it stays with the sender too (a second copy
+            # of a write MLflow already has is ignored: same metric key, step, time and value).
+            for op in waiting[1:]:
+                self._pending.remove(op)
+        # Not under the writer's lock, which the sender holds while it sends: the outbox has a
+        # lock of its own.
+        for op in waiting:
+            self._outbox.append(op, self.tracking_uri)
+        return len(waiting)
+
+    def _stop_background(self) -> None:
+        if self._sender is None:
+            return
+        with self._idle:
+            self._pending.append({"op": "stop"})
+            self._idle.notify_all()
+        self._sender.join()
+        self._sender = None
 
     @property
     def client(self) -> MlflowClient:
@@ -193,6 +268,7 @@ class RunWriter:
 
     def _queue(self, op: dict[str, Any], error: BaseException | None) -> None:
         self._outbox.append(op, self.tracking_uri)
+        self.queued_writes += 1
         if not self._warned_outage:
             _log.warning(
                 "MLflow at %s unavailable (%s); queueing writes in %s until it is back",
@@ -204,6 +280,8 @@ class RunWriter:
 
     def _submit(self, op: dict[str, Any]) -> bool:
         """Execute a write now, or queue it behind earlier queued writes. True if sent now."""
+        if self._sender is not None and threading.current_thread() is not self._sender:
+            self.flush()  # the writes handed to the sender go first
         with self._lock:
             if not self._replay():
                 self._queue(op, None)
@@ -235,9 +313,13 @@ class RunWriter:
             elif isinstance(value, str):
                 tags.append([f"s2ap.{key}", tag_value(value)])
         if values or tags:
-            self._submit(
-                {"op": "log_batch", "run_id": self.run_id, "metrics": values, "tags": tags}
-            )
+            op = {"op": "log_batch", "run_id": self.run_id, "metrics": values, "tags": tags}
+            if self._sender is None:
+                self._submit(op)
+                return
+            with self._idle:
+                self._pending.append(op)
+                self._idle.notify_all()
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set (overwrite) run tags; values are converted to strings."""
@@ -338,6 +420,8 @@ class RunWriter:
         """
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"finish(status={status!r}): use one of {TERMINAL_STATUSES}")
+        self.flush()
+        self._stop_background()
         with self._lock:
             if self._finished:
                 return self.pending()

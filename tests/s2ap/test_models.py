@@ -12,6 +12,7 @@ from s2ap.models import Normalize, create_model, list_models, register_model
 INPUT_SIZES = {
     "resnet18": [32],
     "vgg16_bn": [32],
+    "vgg6_narrow": [32],
     "wrn_28_4": [32],
     "small_cnn": [8, 28, 32],
     "mlp": [8, 32],
@@ -113,6 +114,28 @@ def test_duplicate_registration_fails() -> None:
 def test_resnet18_parameter_count() -> None:
     model = _build("resnet18", 32)
     assert sum(p.numel() for p in model.parameters()) == 11_173_962
+
+
+def test_vgg6_narrow_is_cpu_sized_and_fully_masked() -> None:
+    """The CPU model of configs/experiments/cifar10-cpu.yaml: 3x32x32 -> 10 logits, well under
+    1M parameters, and every weight layer (5 convolutions, 1 linear) under a score mask."""
+    from s2ap.masking import ScoreMasking, kept_count
+
+    torch.manual_seed(0)
+    model = _build("vgg6_narrow", 32)
+    assert sum(p.numel() for p in model.parameters()) == 246_682
+    weights = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    assert len(weights) == 6
+    masking = ScoreMasking(model, sparsity=0.9)
+    assert set(masking.layers) == set(weights)
+    masks = masking.masks()
+    for name, mask in masks.items():
+        assert int(mask.sum()) == kept_count(mask.numel(), 0.9), name
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.rand(4, 3, 32, 32))
+        dense = masking.to_dense()(torch.rand(4, 3, 32, 32))
+    assert out.shape == dense.shape == (4, 10)
 
 
 def test_wrn_28_4_parameter_count() -> None:

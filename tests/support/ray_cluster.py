@@ -11,17 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+import urllib.request
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from tune.cluster import LoopbackHead, head_environment, loopback_head, wait_for_head
+from tune.cluster import (
+    LoopbackHead,
+    head_environment,
+    loopback_head,
+    loopback_worker,
+    wait_for_head,
+)
 
 if TYPE_CHECKING:
     import psutil
@@ -84,6 +92,7 @@ class LocalRayCluster:
         start_timeout_s: float = 90.0,
         stop_timeout_s: float = 30.0,
         keep_temp_dir: bool = False,
+        worker_nodes: Sequence[int] = (),
     ) -> None:
         self.num_cpus = num_cpus
         self.num_gpus = num_gpus
@@ -93,6 +102,9 @@ class LocalRayCluster:
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.keep_temp_dir = keep_temp_dir
+        #: CPUs of each worker node (``ray start --address``) joined to the head, in order.
+        self.worker_nodes = list(worker_nodes)
+        self._workers: list[subprocess.Popen[bytes]] = []
         self._own_temp_dir = temp_dir is None
         self._temp_dir_arg = None if temp_dir is None else os.path.abspath(os.fspath(temp_dir))
         self.temp_dir: str | None = None
@@ -166,12 +178,14 @@ class LocalRayCluster:
         )
         self.log_path = os.path.join(self.temp_dir, "ray-start.log")
         self._log_file = open(self.log_path, "wb")
+        env = head_environment(self.env, multi_node=bool(self.worker_nodes))
+        env.setdefault("RAY_raylet_start_wait_time_s", "120")  # a loaded machine starts slowly
         self._proc = subprocess.Popen(
             self.head.command,
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            env=head_environment(self.env),
+            env=env,
             start_new_session=True,
         )
         self._leader_pid = self._proc.pid
@@ -184,11 +198,60 @@ class LocalRayCluster:
                 output=self.log_tail,
                 on_poll=self._record_processes,
             )
+            # One node at a time: raylets starting together on a loaded 2-core box time out
+            # registering with the GCS.
+            for i, cpus in enumerate(self.worker_nodes):
+                self._start_worker(cpus, env)
+                self._wait_for_nodes(2 + i)
         except BaseException:
             self.stop()
             raise
         self._record_processes()
         return self
+
+    def _start_worker(self, num_cpus: int, env: Mapping[str, str]) -> None:
+        """One more node: ``ray start --address`` in its own session, logging to the head's log."""
+        command = loopback_worker(
+            self._started_head(),
+            num_cpus=num_cpus,
+            num_gpus=0,
+            object_store_memory=self.object_store_memory,
+        )
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            start_new_session=True,
+        )
+        self._workers.append(proc)
+        self._remember(import_psutil().Process(proc.pid))
+
+    def alive_nodes(self) -> list[dict[str, Any]]:
+        """The cluster's ALIVE nodes, from the head's state API (no ``ray.init`` needed)."""
+        url = f"{self.dashboard_url}/api/v0/nodes?limit=1000"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            data = json.load(response)
+        return [n for n in data["data"]["result"]["result"] if n.get("state") == "ALIVE"]
+
+    def _wait_for_nodes(self, count: int) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        alive: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            self._record_processes()
+            failed = [w.args for w in self._workers if w.poll() is not None]
+            if failed:
+                raise RuntimeError(f"a worker node exited at start: {failed}\n{self.log_tail()}")
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                alive = self.alive_nodes()
+                if len(alive) >= count:
+                    return
+            time.sleep(1.0)
+        raise TimeoutError(
+            f"{len(alive)} of {count} Ray nodes alive after {self.start_timeout_s} s\n"
+            f"{self.log_tail()}"
+        )
 
     def _make_temp_dir(self) -> str:
         if self._temp_dir_arg is None:
@@ -221,14 +284,20 @@ class LocalRayCluster:
         if self._proc is not None:
             with contextlib.suppress(psutil.Error):
                 found += psutil.Process(self._proc.pid).children(recursive=True)
+        for worker in self._workers:
+            with contextlib.suppress(psutil.Error):
+                found += psutil.Process(worker.pid).children(recursive=True)
         leader = self._leader_pid if self._leader_pid_is_ours() else None
+        # Worker nodes run in sessions of their own (their leader's PID), like the head.
+        leaders = {leader} if leader is not None else set()
+        leaders |= {w.pid for w in self._workers if w.pid in self._known}
         marker = self.temp_dir
         me = os.getpid()
         for proc in psutil.process_iter(["pid", "cmdline"]):
             if proc.pid == me:
                 continue
             try:
-                if leader is not None and leader in (os.getsid(proc.pid), os.getpgid(proc.pid)):
+                if leaders & {os.getsid(proc.pid), os.getpgid(proc.pid)}:
                     found.append(proc)
                     continue
                 cmdline = proc.info.get("cmdline") or []
@@ -279,10 +348,13 @@ class LocalRayCluster:
             return
         try:
             self._record_processes()
+            for worker in self._workers:  # before the head: a worker drains against its GCS
+                self._terminate_head(worker)
             self._terminate_head(self._proc)
             self._record_processes()
             self._kill_stragglers()
         finally:
+            self._workers = []
             self._proc = None
             self._leader_pid = None
             if self._log_file is not None:

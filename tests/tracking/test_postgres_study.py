@@ -63,6 +63,12 @@ def test_study_on_a_postgres_backed_mlflow_server(postgres: LocalPostgres, tmp_p
         assert {run_uuid for run_uuid, _ in rows} == run_ids
         assert {status for _, status in rows} == {"FINISHED"}
         assert dict(points) == {run.info.run_id: len(EPOCH_STEPS) for run in trials}
+        with postgres.connect() as conn:  # the best trial's model is in the registry's tables
+            (aliased,) = conn.execute(
+                "select v.run_id from model_versions v join registered_model_aliases a "
+                "on a.name = v.name and a.version = v.version where a.alias = 'best'"
+            ).fetchall()
+        assert aliased[0] in run_ids
     # Nothing fell back to a local store next to the study file.
     assert not list((tmp_path / "study").rglob("mlflow.db"))
 

@@ -169,6 +169,27 @@ def test_best_trial_and_pull_embedded(storage_root: Path, tmp_path: Path) -> Non
         find_best_trial(uri, "all-failed")
 
 
+def test_a_trial_stopped_early_ends_finished_but_is_never_the_best(storage_root: Path) -> None:
+    """ASHA's stopped trials end FINISHED (as Ray Tune's MLflow callback ends them); only the
+    outcome tag says they are not results: the best-trial lookup and the report skip them."""
+    from tracking.report.trials import load_trial_runs
+
+    study = run_fake_study(None, storage_root, "stopped", n_trials=2, epochs=1)
+    uri = study.tracker.tracking_uri
+    client = make_client(uri)
+    client.set_tag(study.runs["trial_0000"], "s2ap.outcome", "completed")
+    # trial 1 has the higher accuracy, from fewer epochs: the scheduler stopped it.
+    client.set_tag(study.runs["trial_0001"], "s2ap.outcome", "stopped_early")
+    assert client.get_run(study.runs["trial_0001"]).info.status == "FINISHED"
+    assert find_best_trial(uri, "stopped").trial_id == "trial_0000"
+    runs, notes = load_trial_runs(uri, ["stopped"], history_keys=())
+    assert [r.trial_id for r in runs] == ["trial_0000"]
+    assert any("1 stopped_early" in note for note in notes)
+    client.set_tag(study.runs["trial_0000"], "s2ap.outcome", "stopped_early")
+    with pytest.raises(NoFinishedTrialError, match="2 stopped_early"):
+        find_best_trial(uri, "stopped")
+
+
 def test_check_tracking_server_closed_port_is_fast(tmp_path: Path) -> None:
     port = free_port()
     start = time.monotonic()
@@ -295,3 +316,51 @@ def test_a_retried_create_run_leaves_one_run(storage_root: Path) -> None:
     client = make_client(study.tracker.tracking_uri)
     active = client.search_runs([tracker.experiment_id], flt, run_view_type=ViewType.ACTIVE_ONLY)
     assert [r.info.run_id for r in active] == [kept]
+
+
+def test_background_metrics_are_sent_in_order_and_survive_a_dead_writer(
+    storage_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial's epochs go through the sender thread: every epoch lands once, in order, before
+    the next tag; what the sender had not sent when the trial checkpointed (``spill``) is in
+    the outbox and sent by the next process of the trial, even if this one dies."""
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    study = run_fake_study(None, storage_root, "background", n_trials=1, epochs=1)
+    client = make_client(study.tracker.tracking_uri)
+    trial = study.tracker.open_trial("trial_0009", trial_params(0))
+    trial.start_background()
+    for epoch in range(1, 6):
+        trial.log_metrics({"val_robust_acc": epoch / 10, "epoch": epoch}, step=epoch)
+    trial.set_tags({"s2ap.after": "epochs"})  # waits for the sender: the order holds
+    history = sorted((m.step, m.value) for m in client.get_metric_history(trial.run_id, "epoch"))
+    assert history == [(e, float(e)) for e in range(1, 6)]
+
+    # The store stalls: the sender holds epoch 6, epochs 7-8 wait; the trial checkpoints.
+    gate, entered = threading.Event(), threading.Event()
+    real = MlflowClient.log_batch
+
+    def stalled(self, *args, **kwargs):  # the real call, once the gate opens
+        entered.set()
+        gate.wait(10)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", stalled)
+    for epoch in (6, 7, 8):
+        trial.log_metrics({"val_robust_acc": epoch / 10, "epoch": epoch}, step=epoch)
+    assert entered.wait(10)
+    assert trial.spill() == 3  # 6 (also still with the sender), 7 and 8 into the outbox
+    assert len(trial._outbox) == 3
+    monkeypatch.setattr(MlflowClient, "log_batch", real)
+    gate.set()  # the sender finishes epoch 6; then the process "dies" (the writer is dropped)
+
+    again = TrialTracker.open(
+        **study.tracker.trial_context(), trial_id="trial_0009", params=trial_params(0)
+    )
+    assert again.run_id == trial.run_id
+    again.finish()
+    steps = [m.step for m in client.get_metric_history(trial.run_id, "epoch")]
+    assert sorted(steps) == list(range(1, 9)), "every epoch exactly once"
+    assert client.get_run(trial.run_id).info.status == "FINISHED"

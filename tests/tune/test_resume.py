@@ -157,7 +157,7 @@ def test_kill_and_resume(tmp_path: Path) -> None:
     # Optuna: one finished trial per Tune trial, none left running. The one exception is an
     # orphan that *finished* in the killed driver after its last snapshot: a real measurement,
     # so Optuna keeps it; it is the only kind of extra finished trial allowed.
-    ostudy = optuna.load_study(study_name=study.name, storage=study.optuna_url)
+    ostudy = optuna.load_study(study_name=study.name, storage=study.optuna_storage())
     states = [t.state for t in ostudy.trials]
     assert optuna.trial.TrialState.RUNNING not in states
     done = [t for t in ostudy.trials if t.state == optuna.trial.TrialState.COMPLETE]

@@ -7,6 +7,7 @@ Ray runtime is needed to drive a searcher's suggest/complete protocol.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import optuna
@@ -22,6 +23,7 @@ from tune.study.baselines import (
     check_baselines,
     trial_values,
 )
+from tune.study.file import optuna_journal
 from tune.study.settings import ObjectiveConfig, SearcherConfig
 from tune.study.space import parse_search_space
 
@@ -43,17 +45,22 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _searcher(
-    tmp_path: Path, raw: dict, baselines: dict | None = None, *, kind: str = "random"
+    tmp_path: Path,
+    raw: dict,
+    baselines: dict | None = None,
+    *,
+    kind: str = "random",
+    n_startup_trials: int | None = None,
 ) -> tuple[StudySearcher, str]:
     space = parse_search_space(raw)
     tmp_path.mkdir(parents=True, exist_ok=True)
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    url = optuna_journal(tmp_path / "optuna.journal")
     searcher = make_searcher(
-        SearcherConfig(kind=kind, seed=0),
+        SearcherConfig(kind=kind, seed=0, n_startup_trials=n_startup_trials),
         [ObjectiveConfig()],
         space,
         study_name="s",
-        storage_url=url,
+        storage=url,
         base=BASE,
         baselines=baseline_trials(baselines or {}, space),
         log_path=str(tmp_path / "duplicates.jsonl"),
@@ -180,3 +187,19 @@ def test_baseline_errors_name_the_field(baselines: dict, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         check_baselines(baselines, space, BASE)
     assert expected in str(info.value)
+
+
+def test_concurrent_tpe_draws_spread_out_and_the_driver_cost_is_split(tmp_path: Path) -> None:
+    """Eight trials drawn while none has finished (eight free slots after the startup trials)
+    do not collapse onto TPE's one current optimum: the running ones count as bad draws
+    (constant liar). The searcher splits its time into the sampler's and its own."""
+    raw = {"prune.rho": {"type": "loguniform", "low": 0.001, "high": 1.0}}
+    searcher, _ = _searcher(tmp_path, raw, kind="tpe", n_startup_trials=4)
+    for i in range(4):  # a landscape with one peak at rho 0.03
+        config = searcher.suggest(f"s{i}")
+        value = 1.0 - abs(math.log10(config["prune.rho"]) - math.log10(0.03))
+        searcher.on_trial_complete(f"s{i}", {"val_robust_acc": value})
+    running = [searcher.suggest(f"c{i}")["prune.rho"] for i in range(8)]
+    spread = max(math.log10(r) for r in running) - min(math.log10(r) for r in running)
+    assert len(set(running)) == 8 and spread > 0.5, running  # over half a decade of rho
+    assert searcher.costs["sampler_s"] > 0 and searcher.costs["bookkeeping_s"] > 0

@@ -138,3 +138,21 @@ def test_grid_searcher_size(tmp_path: Path) -> None:
     assert study.space.grid_size() == 6
     with pytest.raises(StudyError, match="num_samples"):
         load_study(write_study(tmp_path, {**grid, "study.num_samples": 7}))
+
+
+def test_the_tracking_uri_comes_from_the_flag_the_file_the_environment_then_the_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cluster recipes set S2AP_TRACKING_URI on every node: a study submitted there logs to
+    the cluster's MLflow server unless its flag or its file says otherwise."""
+    monkeypatch.delenv("S2AP_TRACKING_URI", raising=False)
+    study = load_study(write_study(tmp_path))
+    assert study.resolve_tracking_uri() == f"sqlite:///{study.storage_root / 'mlflow.db'}"
+    monkeypatch.setenv("S2AP_TRACKING_URI", "http://mlflow:5000")
+    assert study.resolve_tracking_uri() == "http://mlflow:5000"
+    assert study.resolve_tracking_uri("http://other:5000") == "http://other:5000"
+    in_file = load_study(write_study(tmp_path / "f", {"study.tracking_uri": "http://file:5000"}))
+    assert in_file.resolve_tracking_uri() == "http://file:5000"
+    monkeypatch.setenv("S2AP_TRACKING_URI", "ftp://nowhere")
+    with pytest.raises(StudyError, match="S2AP_TRACKING_URI"):
+        study.resolve_tracking_uri()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -36,6 +37,20 @@ def test_study_through_an_mlflow_server_then_pull_and_apply(tmp_path: Path) -> N
         assert_study_runs(client, "tiny", trials=2, epoch_steps=[1, 2, 3, 4])
         pulled = tmp_path / "pulled"
         masks, header = pull_final_mask(client, "tiny", pulled)
+        # The best trial's model is in the server's registry, its files behind the proxy.
+        version = client.get_model_version_by_alias("tiny", "best")
+        assert version.source.startswith("mlflow-artifacts:"), version.source
+        by_model = tmp_path / "pulled-by-model"
+        res = run_cli("masks", "pull", "models:/tiny@best", "--tracking-uri", server.url,
+                      "--out", str(by_model), timeout=120)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert (by_model / "final.s2mask").read_bytes() == (pulled / "final.s2mask").read_bytes()
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("MLFLOW_TRACKING_URI", server.url)
+            served = mlflow.pyfunc.load_model("models:/tiny@best").predict(
+                torch.rand(3, 1, 8, 8).numpy()
+            )
+        assert served["logits"].shape == (3, 4) and served["class"].shape == (3,)
 
     # masks apply: zeros where the mask is off, and the same outputs as the masked model.
     torch.manual_seed(0)

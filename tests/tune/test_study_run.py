@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
 import torch
@@ -25,7 +26,10 @@ from tune.trial.checkpoint import load_trial_checkpoint
 
 @pytest.mark.ray
 def test_tiny_study_end_to_end(
-    tmp_path: Path, ray_local: object, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    ray_local: object,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rho = {"type": "loguniform", "low": 0.01, "high": 0.5}
     steps = {"type": "int", "low": 1, "high": 2}
@@ -100,13 +104,34 @@ def test_tiny_study_end_to_end(
     assert all(r.data.params["dense.checkpoint"] == str(dense_file) for r in runs)
     history = client.get_metric_history(best_run.info.run_id, "val_robust_acc")
     assert sorted(m.step for m in history) == list(range(1, study.epochs_per_trial + 1))
-    for r in stopped:
-        assert by_id[r["trial_id"]].info.status == "KILLED"
+    # ASHA's stopped trials end FINISHED, as Ray Tune's own MLflow callback ends them; their
+    # outcome tag says how. Nothing was killed, so no run is KILLED.
+    for r in rows:
+        run = by_id[r["trial_id"]]
+        outcome = "completed" if r["completed"] else "stopped_early"
+        assert (run.info.status, run.data.tags["s2ap.outcome"]) == ("FINISHED", outcome)
+
+    # The best trial's model is registered: models:/tiny@best, tagged with its trial.
+    version = client.get_model_version_by_alias(study.name, "best")
+    assert summary["model"]["uri"] == "models:/tiny@best" and summary["model"]["version"] == "1"
+    assert version.run_id == best_run.info.run_id
+    tags = version.tags
+    assert tags["s2ap.trial_id"] == best["trial_id"]
+    assert tags["s2ap.mask_sha256"] == best_run.data.tags["s2ap.masks.final.sha256"]
+    # Numbers as tags, to 6 significant digits (the run holds the exact values).
+    assert float(tags["val_robust_acc"]) == pytest.approx(best["metrics"]["val_robust_acc"], 1e-5)
+    assert float(tags["test_autoattack_acc"]) == pytest.approx(test["test_autoattack_acc"], 1e-5)
+    with monkeypatch.context() as env:  # MLflow's own way to the store
+        env.setenv("MLFLOW_TRACKING_URI", summary["tracking_uri"])
+        served = mlflow.pyfunc.load_model("models:/tiny@best").predict(x.numpy())
+    with torch.no_grad():
+        logits = model(x).numpy()
+    assert served["logits"] == pytest.approx(logits, abs=1e-5)
     artifacts = {a.path for a in client.list_artifacts(best_run.info.run_id, "masks")}
     assert artifacts == {"masks/prune-end.s2mask", "masks/final.s2mask"}
 
     # Optuna's study is persisted: one finished Optuna trial per Tune trial.
-    ostudy = optuna.load_study(study_name=study.name, storage=study.optuna_url)
+    ostudy = optuna.load_study(study_name=study.name, storage=study.optuna_storage())
     assert len(ostudy.trials) == 6
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in ostudy.trials)
 
@@ -141,6 +166,11 @@ def test_tiny_study_end_to_end(
     mask = pulled / "final.s2mask"
     assert mask.is_file() and list(pulled.glob("final.safetensors"))
     assert main(["masks", "pull", str(path), "--out", str(pulled)]) == 2  # exists, no --force
+    by_model = tmp_path / "pulled-by-model"
+    uri = summary["tracking_uri"]
+    args = ["masks", "pull", "models:/tiny@best", "--tracking-uri", uri, "--out", str(by_model)]
+    assert main(args) == 0
+    assert (by_model / "final.s2mask").read_bytes() == (pulled / "final.s2mask").read_bytes()
     dense = tmp_path / "dense.pt"
     torch.save(pipeline.masking.to_dense().state_dict(), dense)
     out_pt = tmp_path / "pruned.pt"

@@ -1,16 +1,20 @@
 """The page's figures (matplotlib, Agg canvas, no pyplot): accuracy vs sparsity, mask stability
-per prune epoch, accuracy vs the radius rho."""
+per prune epoch, accuracy vs the radius rho (validation accuracy for a sweep without test
+numbers)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from tracking.plots import new_figure
+from tracking.report.claims import sweep_metric
 from tracking.report.stats import mean_std
 from tracking.report.trials import (
     ARM_ORDER,
     Cells,
     TrialRun,
+    control_label,
     metric,
     per_prune_epoch,
     prune_cells,
@@ -19,21 +23,23 @@ from tracking.report.trials import (
 
 __all__ = ["ARM_COLORS", "figure_hamming", "figure_rho", "figure_robust_vs_sparsity"]
 
-
-ARM_COLORS = {"HYDRA": "tab:blue", "S2AP": "tab:red", "random": "tab:gray"}
+#: One colour per method, stable across figures and pages: each host's plain update, S2AP
+#: arm and control get their own (HYDRA blue, S2AP red, random grey, HARP green, HARP+S2AP
+#: purple, HARP+random olive); methods beyond the palette get matplotlib's cycle.
+_PALETTE = ("tab:blue", "tab:red", "tab:gray", "tab:green", "tab:purple", "tab:olive")
+ARM_COLORS = dict(zip(ARM_ORDER, _PALETTE))
 STEP_COLORS = ("tab:red", "tab:orange", "tab:purple", "tab:brown")
 
 
 def _arm_errorbars(ax: Any, cells: Cells, fin: str, pos: dict[float, int]) -> None:
     """One AutoAttack-vs-sparsity line per arm, slightly shifted so the error bars do not hide."""
-    for k, arm in enumerate(ARM_ORDER):
+    present = [a for a in ARM_ORDER if any(c.arm == a and c.finetune == fin for c in cells)]
+    for k, arm in enumerate(present):
         pts = [(c, rs) for c, rs in cells.items() if c.arm == arm and c.finetune == fin]
-        if not pts:
-            continue
         xs, ys, es = [], [], []
         for c, rs in sorted(pts, key=lambda p: p[0].sparsity):
             m = mean_std(values(rs, metric("test_autoattack_acc")))
-            xs.append(pos[c.sparsity] + (k - 1) * 0.08)
+            xs.append(pos[c.sparsity] + (k - (len(present) - 1) / 2) * 0.08)
             ys.append(m.mean * 100)
             es.append(m.std * 100)
         ax.errorbar(
@@ -93,15 +99,17 @@ def figure_hamming(cells: Cells) -> Any:
     return fig
 
 
-def _rho_line(ax: Any, sweep: Cells, steps: int, k: int, n_steps: int) -> None:
-    """S2AP at one ascent-step count: mean ± std per rho, and each seed as a dot."""
-    aa = metric("test_autoattack_acc")
+def _rho_line(
+    ax: Any, sweep: Cells, arm: str, steps: int, k: int, n_lines: int, fn: Callable[..., float]
+) -> None:
+    """One arm at one ascent-step count: mean ± std per rho, and each seed as a dot."""
     pts = sorted(
-        ((c, rs) for c, rs in sweep.items() if c.ascent_steps == steps), key=lambda p: p[0].rho or 0
+        ((c, rs) for c, rs in sweep.items() if c.arm == arm and c.ascent_steps == steps),
+        key=lambda p: p[0].rho or 0,
     )
-    shift = 1.0 + (k - (n_steps - 1) / 2) * 0.04
+    shift = 1.0 + (k - (n_lines - 1) / 2) * 0.04
     xs = [(c.rho or 0) * shift for c, _ in pts]
-    ms = [mean_std(values(rs, aa)) for _, rs in pts]
+    ms = [mean_std(values(rs, fn)) for _, rs in pts]
     color = STEP_COLORS[k % len(STEP_COLORS)]
     ax.errorbar(
         xs,
@@ -110,45 +118,54 @@ def _rho_line(ax: Any, sweep: Cells, steps: int, k: int, n_steps: int) -> None:
         marker="o",
         ms=4,
         capsize=3,
-        label=f"S2AP, {steps} ascent step(s)",
+        label=f"{arm}, {steps} ascent step(s)",
         color=color,
     )
     for x, (_, rs) in zip(xs, pts):
-        ax.scatter([x] * len(rs), [v * 100 for v in values(rs, aa)], s=6, alpha=0.5, color=color)
+        ax.scatter([x] * len(rs), [v * 100 for v in values(rs, fn)], s=6, alpha=0.5, color=color)
 
 
-def _hydra_band(ax: Any, sweep: Cells, arms: Cells) -> None:
-    """HYDRA at the sweep's sparsity/finetuning, as a mean line and a ±std band."""
+def _host_band(ax: Any, sweep: Cells, arms: Cells, plain: str, fn: Callable[..., float]) -> None:
+    """The plain host update at the sweep's sparsity/finetuning, as a mean line and a ±std
+    band."""
     ref = {(c.finetune, c.sparsity) for c in sweep}
-    hydra = [
+    runs = [
         r
         for c, rs in arms.items()
-        if c.arm == "HYDRA" and (c.finetune, c.sparsity) in ref
+        if c.arm == plain and (c.finetune, c.sparsity) in ref
         for r in rs
     ]
-    if not hydra:
+    if not runs:
         return
-    m = mean_std(values(hydra, metric("test_autoattack_acc")))
-    color = ARM_COLORS["HYDRA"]
+    m = mean_std(values(runs, fn))
+    color = ARM_COLORS.get(plain)
     ax.axhspan((m.mean - m.std) * 100, (m.mean + m.std) * 100, color=color, alpha=0.15)
-    ax.axhline(m.mean * 100, color=color, lw=1, label="HYDRA (mean ± std)")
+    ax.axhline(m.mean * 100, color=color, lw=1, label=f"{plain} (mean ± std)")
 
 
 def figure_rho(sweep: Cells, arms: Cells) -> Any:
-    """AutoAttack accuracy vs rho per ascent-step count (error bars: seed std; dots: seeds),
-    with HYDRA at the same sparsity/finetuning as a band."""
+    """AutoAttack accuracy (or, for a sweep without test numbers, the validation robust
+    accuracy at the last prune epoch) vs rho per arm and ascent-step count (error bars: seed
+    std; dots: seeds), with each arm's plain host update at the same sparsity/finetuning as a
+    band."""
+    fn, name = sweep_metric(sweep)
     fig = new_figure(5.0, 3.2)
     ax = fig.add_subplot()
-    steps = sorted({c.ascent_steps or 1 for c in sweep})
-    for k, st in enumerate(steps):
-        _rho_line(ax, sweep, st, k, len(steps))
-    _hydra_band(ax, sweep, arms)
+    lines = sorted({(c.arm, c.ascent_steps or 1) for c in sweep})
+    for k, (arm, st) in enumerate(lines):
+        _rho_line(ax, sweep, arm, st, k, len(lines), fn)
+    for plain in sorted({control_label(c.arm) for c in sweep}):
+        _host_band(ax, sweep, arms, plain, fn)
     ax.set_xscale("log")
     rhos = sorted({c.rho for c in sweep if c.rho})
     ax.set_xticks(rhos, [f"{r:g}" for r in rhos])
     ax.minorticks_off()
     ax.set_xlabel("rho (relative radius)")
-    ax.set_ylabel("AutoAttack accuracy (%)")
+    ax.set_ylabel(
+        "AutoAttack accuracy (%)"
+        if name.startswith("AutoAttack")
+        else "val robust acc (%)\nlast prune epoch"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return fig

@@ -11,9 +11,9 @@ from tracking.report.stats import MeanStd, mean_std
 from tracking.report.trials import (
     ARM_ORDER,
     TEST_METRICS,
-    Cell,
     Cells,
     TrialRun,
+    control_label,
     metric,
     per_prune_epoch,
     prune_cells,
@@ -27,6 +27,7 @@ __all__ = [
     "TIME_HEADER",
     "accuracy_table",
     "hamming_table",
+    "has_test_numbers",
     "landscape_table",
     "md_table",
     "sweep_table",
@@ -49,12 +50,14 @@ TIME_HEADER = (
     "runs",
     "s/epoch, all (mean)",
     "s/epoch, after warm-up (median)",
-    "ratio to HYDRA",
+    "ratio to its host (HYDRA, HARP)",
 )
+#: The sweep table's columns; the test ones only when the sweep's trials have test numbers.
 SWEEP_HEADER = (
     "rho",
     "ascent steps",
     "seeds",
+    "val robust, last prune epoch",
     "clean",
     "PGD",
     "AutoAttack",
@@ -80,10 +83,6 @@ def fmt_small(m: MeanStd) -> str:
     return f"{m.mean:#.3g} ± {m.std:#.2g}"
 
 
-def _arm_label(c: Cell) -> str:
-    return c.arm if c.rho is None else f"{c.arm} (rho {c.rho:g})"
-
-
 def accuracy_table(cells: Cells) -> list[list[str]]:
     """Rows: finetune, sparsity, arm (+radius), seeds, clean, PGD, AutoAttack (percent)."""
     rows = []
@@ -92,7 +91,7 @@ def accuracy_table(cells: Cells) -> list[list[str]]:
             [
                 c.finetune,
                 f"{c.sparsity:g}",
-                c.arm if c.rho is None else f"{c.arm} (rho {c.rho:g}, {c.ascent_steps} step)",
+                c.method(),
                 str(len(rs)),
                 *[mean_std(values(rs, metric(k))).fmt(100) for k in TEST_METRICS],
             ]
@@ -113,7 +112,7 @@ def hamming_table(cells: Cells) -> tuple[list[str], list[list[str]]]:
         rows.append(
             [
                 f"{c.sparsity:g}",
-                _arm_label(c),
+                c.method(),
                 *[f"{m.mean * 100:.3g}" if m.n else "–" for m in means],
             ]
         )
@@ -132,12 +131,12 @@ def _landscape_numbers(rs: list[TrialRun]) -> list[str]:
 def landscape_table(cells: Cells) -> list[list[str]]:
     """Rows: sparsity, arm, mean Hamming after warm-up, sharpness and Hessian at prune end."""
     return [
-        [f"{c.sparsity:g}", _arm_label(c), str(len(rs)), *_landscape_numbers(rs)]
+        [f"{c.sparsity:g}", c.method(), str(len(rs)), *_landscape_numbers(rs)]
         for c, rs in prune_cells(cells).items()
     ]
 
 
-def _time_row(sparsity: float, arm: str, rs: list[TrialRun], hydra: MeanStd) -> list[str]:
+def _time_row(sparsity: float, arm: str, rs: list[TrialRun], host: MeanStd) -> list[str]:
     post = mean_std(r.prune_seconds() for r in rs)
     every = mean_std(
         statistics.fmean(r.prune_series("epoch_time_s"))
@@ -145,40 +144,55 @@ def _time_row(sparsity: float, arm: str, rs: list[TrialRun], hydra: MeanStd) -> 
         if r.prune_series("epoch_time_s")
     )
     ratio = (
-        f"{post.mean / hydra.mean:.2f}"
-        if hydra.n and math.isfinite(hydra.mean) and hydra.mean > 0
+        f"{post.mean / host.mean:.2f}"
+        if host.n and math.isfinite(host.mean) and host.mean > 0
         else "–"
     )
     return [f"{sparsity:g}", arm, str(post.n), every.fmt(digits=2), post.fmt(digits=2), ratio]
 
 
 def time_table(cells: Cells) -> list[list[str]]:
-    """Rows: sparsity, arm, prune-epoch seconds (all epochs / after warm-up), ratio to HYDRA."""
+    """Rows: sparsity, arm, prune-epoch seconds (all epochs / after warm-up), ratio to the
+    arm's plain host update (S2AP and random to HYDRA, HARP+S2AP to HARP)."""
     rows = []
     by_sp: dict[float, dict[str, list[TrialRun]]] = defaultdict(lambda: defaultdict(list))
     for c, rs in cells.items():
         by_sp[c.sparsity][c.arm].extend(rs)
     for sp, arms in sorted(by_sp.items()):
-        hydra = mean_std(r.prune_seconds() for r in arms.get("HYDRA", []))
         for arm in sorted(arms, key=lambda a: ARM_ORDER.index(a) if a in ARM_ORDER else 99):
-            rows.append(_time_row(sp, arm, arms[arm], hydra))
+            host = mean_std(r.prune_seconds() for r in arms.get(control_label(arm), []))
+            rows.append(_time_row(sp, arm, arms[arm], host))
     return rows
 
 
-def sweep_table(sweep: Cells) -> list[list[str]]:
-    """Rows: rho, ascent steps, seeds, test accuracies, Hamming after warm-up, sharpness and
-    Hessian."""
+def has_test_numbers(cells: Cells) -> bool:
+    """Whether any run of ``cells`` has test numbers (a prune-only sweep has none)."""
+    return any(k in r.metrics for rs in cells.values() for r in rs for k in TEST_METRICS)
+
+
+def sweep_table(sweep: Cells) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: rho, ascent steps, seeds, the validation robust accuracy at the last
+    prune epoch (what a prune-only sweep chooses rho on), the test accuracies when the trials
+    have them, Hamming after warm-up, sharpness and Hessian (an arm column when the sweep has
+    several arms)."""
+    test = has_test_numbers(sweep)
+    arms = sorted({c.arm for c in sweep})
+    header = [h for h in SWEEP_HEADER if test or h not in TEST_METRICS.values()]
+    if len(arms) > 1:
+        header.insert(0, "arm")
     rows = []
-    for c, rs in sorted(sweep.items(), key=lambda kv: (kv[0].ascent_steps or 0, kv[0].rho or 0)):
+    key = lambda kv: (kv[0].arm, kv[0].ascent_steps or 0, kv[0].rho or 0)  # noqa: E731
+    for c, rs in sorted(sweep.items(), key=key):
         landscape = _landscape_numbers(rs)
-        rows.append(
-            [
-                f"{c.rho:g}",
-                str(c.ascent_steps),
-                str(len(rs)),
-                *[mean_std(values(rs, metric(k))).fmt(100) for k in TEST_METRICS],
-                landscape[0],
-                *landscape[2:],
-            ]
-        )
-    return rows
+        tests = [mean_std(values(rs, metric(k))).fmt(100) for k in TEST_METRICS] if test else []
+        row = [
+            f"{c.rho:g}",
+            str(c.ascent_steps),
+            str(len(rs)),
+            mean_std(r.last_prune("val_robust_acc") for r in rs).fmt(100),
+            *tests,
+            landscape[0],
+            *landscape[2:],
+        ]
+        rows.append([c.arm, *row] if len(arms) > 1 else row)
+    return header, rows

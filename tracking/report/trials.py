@@ -14,9 +14,15 @@ Two kinds of study are recognised from their content, not their names:
 * a **radius sweep**: a study whose S2AP trials use more than one (``prune.rho``,
   ``prune.ascent_steps``) combination.
 
-A *cell* is one configuration without its seed. A run logs only the params its arm reads (a
-HYDRA run has no ``prune.warmup_epochs``): :func:`share_warmups` gives it the warm-up of the runs
-it is compared with, so that every arm is measured over the same prune epochs.
+A *cell* is one configuration without its seed; a seed that ran in several studies counts once
+in its cell (the first study named; :func:`group_cells`). A run logs only the params its arm
+reads (a HYDRA run has no ``prune.warmup_epochs``): :func:`share_warmups` gives it the warm-up of
+the runs it is compared with, so that every arm is measured over the same prune epochs.
+
+Runs of different settings (data, model: :attr:`TrialRun.setting`) are never compared: the page
+has one section per setting (:mod:`tracking.report.page`). Each study's own run
+(:class:`StudyInfo`) adds what the trial runs do not say: its description, its concurrency, its
+wall time.
 """
 
 from __future__ import annotations
@@ -26,26 +32,34 @@ import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 
 from s2ap.arms import ARMS, DEFAULT_HOST, HOSTS, method_label
 from tracking.client import make_client
-from tracking.pull import StudyNotFoundError, finished_trial_runs, study_experiment
+from tracking.pull import StudyNotFoundError, finished_trial_runs, study_experiment, study_run
 from tracking.report.stats import MeanStd, mean_std
 
 __all__ = [
     "ARM_ORDER",
+    "CLAIMED_ARM",
     "HISTORY_KEYS",
+    "PLAIN_ARM",
     "TEST_METRICS",
     "WARMUP_PARAM",
     "Cell",
     "Cells",
     "ReportError",
+    "StudyInfo",
     "TrialRun",
+    "control_label",
     "group_cells",
+    "host_pairs",
+    "load_studies",
     "load_trial_runs",
+    "method_of",
     "per_prune_epoch",
     "prune_cells",
     "share_warmups",
@@ -55,10 +69,18 @@ __all__ = [
 #: The methods' names on the page (:func:`s2ap.arms.method_label`), in display order: each host's
 #: plain update, then its arms (HYDRA, S2AP, random, HARP, HARP+S2AP, HARP+random).
 ARM_ORDER = [method_label(host, arm) for host in HOSTS.in_order() for arm in ARMS.in_order()]
+#: Page label -> (host, arm), the inverse of :func:`s2ap.arms.method_label`.
+_METHODS = {
+    method_label(host, arm): (host, arm) for host in HOSTS.in_order() for arm in ARMS.in_order()
+}
+#: The arm the paper claims for (S2AP's ascent) and the plain host update it is compared with;
+#: every other arm with a direction is a control of the same norm (random).
+CLAIMED_ARM, PLAIN_ARM = "score", "none"
 #: The flattened param of the prune warm-up (epochs before S2AP starts perturbing).
 WARMUP_PARAM = "prune.warmup_epochs"
-#: Per-epoch series the page needs from each run.
-HISTORY_KEYS = ("mask_hamming", "sharpness", "epoch_time_s")
+#: Per-epoch series the page needs from each run (``images_per_s`` x ``epoch_time_s`` = the
+#: images trained per epoch).
+HISTORY_KEYS = ("mask_hamming", "sharpness", "epoch_time_s", "val_robust_acc", "images_per_s")
 #: Test metrics (what the end-of-trial evaluation logs), as shown on the page.
 TEST_METRICS = {
     "test_clean_acc": "clean",
@@ -69,6 +91,33 @@ TEST_METRICS = {
 
 class ReportError(LookupError):
     """The studies cannot be reported (missing, no finished trial, no test metrics)."""
+
+
+def method_of(label: str) -> tuple[str, str] | None:
+    """(host, arm) of a page label (``HARP+S2AP`` -> ``("harp", "score")``); ``None`` for a
+    label this version does not know."""
+    return _METHODS.get(label)
+
+
+def host_pairs() -> list[tuple[str, str, list[str]]]:
+    """Per host, in display order: (its claimed arm's label, its plain update's label, the labels
+    of its controls): ``("S2AP", "HYDRA", ["random"])``, ``("HARP+S2AP", "HARP",
+    ["HARP+random"])``. Every claim of S2AP vs HYDRA is judged for each host from this."""
+    out = []
+    for host in HOSTS.in_order():
+        controls = [
+            method_label(host, arm)
+            for arm in ARMS.in_order()
+            if arm not in (CLAIMED_ARM, PLAIN_ARM) and ARMS.get(arm).direction is not None
+        ]
+        out.append((method_label(host, CLAIMED_ARM), method_label(host, PLAIN_ARM), controls))
+    return out
+
+
+def control_label(label: str) -> str:
+    """The plain host update a method is compared with (``HARP+S2AP`` -> ``HARP``)."""
+    method = method_of(label)
+    return method_label(method[0], PLAIN_ARM) if method else label
 
 
 def _num(text: str | None, default: float = float("nan")) -> float:
@@ -109,6 +158,19 @@ class TrialRun:
         if arm in ARMS.names():
             return setting in ARMS.get(arm).reads
         return f"prune.{setting}" in self.params
+
+    @property
+    def setting(self) -> tuple[str, str, str]:
+        """(data source, data folder name, model): runs of different settings are never
+        compared (one page section each)."""
+        root = self.params.get("data.root", "")
+        name = "" if root in ("", "None") else Path(root).name
+        return (self.params.get("data.source", "?"), name, self.params.get("model.arch", "?"))
+
+    @property
+    def prune_only(self) -> bool:
+        """A trial of a prune-only study (``study.trainable: prune``): no finetuning, no test."""
+        return self.params.get("study.trainable") == "prune"
 
     @property
     def finetune(self) -> str:
@@ -177,6 +239,15 @@ class TrialRun:
         vals = self.prune_series(key)
         return vals[-1] if vals else float("nan")
 
+    def images_per_epoch(self) -> int | None:
+        """Training images per epoch (after ``drop_last``): ``images_per_s`` x ``epoch_time_s``
+        of one epoch, both logged from the same count."""
+        rates = dict(self.history.get("images_per_s", []))
+        for step, seconds in self.history.get("epoch_time_s", []):
+            if step in rates and math.isfinite(rates[step] * seconds):
+                return round(rates[step] * seconds)
+        return None
+
 
 @dataclasses.dataclass(frozen=True, order=True)
 class Cell:
@@ -191,9 +262,23 @@ class Cell:
     def label(self, *, with_radius: bool = True) -> str:
         parts = [self.arm, self.finetune, f"sparsity {self.sparsity:g}"]
         if with_radius and self.rho is not None:
-            steps = "" if self.ascent_steps is None else f", {self.ascent_steps} step(s)"
-            parts.append(f"rho {self.rho:g}{steps}")
+            parts.append(self.radius())
         return ", ".join(parts)
+
+    def radius(self) -> str:
+        """``rho 0.1, 1 step(s)``; ``rho 0.03`` for an arm without ascent steps (random)."""
+        steps = "" if self.ascent_steps is None else f", {self.ascent_steps} step(s)"
+        return f"rho {self.rho:g}{steps}" if self.rho is not None else ""
+
+    def method(self) -> str:
+        """The arm with its radius, for tables: ``S2AP (rho 0.1, 1 step)``, ``random (rho
+        0.03)`` (an arm without ascent steps shows none), ``HYDRA``."""
+        if self.rho is None:
+            return self.arm
+        if self.ascent_steps is None:
+            return f"{self.arm} (rho {self.rho:g})"
+        steps = f"{self.ascent_steps} step{'' if self.ascent_steps == 1 else 's'}"
+        return f"{self.arm} (rho {self.rho:g}, {steps})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,8 +304,15 @@ def _study_notes(name: str, by_trial: dict[str, Any], other: Mapping[str, int]) 
     notes = []
     if other:
         shown = ", ".join(f"{n} {s}" for s, n in sorted(other.items()))
-        notes.append(f"study {name}: left out {shown} trial run(s) (not finished)")
-    missing = [tid for tid, r in by_trial.items() if "test_autoattack_acc" not in r.data.metrics]
+        notes.append(f"study {name}: left out {shown} trial run(s) (not completed)")
+    # A prune-only trial (study.trainable: prune) never finetunes nor evaluates on test: no
+    # AutoAttack number is expected of it.
+    missing = [
+        tid
+        for tid, r in by_trial.items()
+        if "test_autoattack_acc" not in r.data.metrics
+        and r.data.params.get("study.trainable") != "prune"
+    ]
     if missing:
         notes.append(
             f"study {name}: {len(missing)} finished trial(s) have no AutoAttack test number "
@@ -237,8 +329,9 @@ def load_trial_runs(
     """The finished trial runs of ``studies`` with their metric histories, and notes.
 
     Runs are searched by tags (``s2ap.role=trial``); a trial with several runs (a restored
-    trial) counts once (its latest finished run). Runs that did not finish are left out and
-    counted in the notes, so the page says what is missing.
+    trial) counts once (its latest completed run). Runs that did not complete (failed, killed,
+    stopped early by the scheduler) are left out and counted in the notes, so the page says
+    what is missing.
     """
     client = make_client(tracking_uri, read_only=True)
     runs_out: list[TrialRun] = []
@@ -262,6 +355,54 @@ def load_trial_runs(
     return runs_out, notes
 
 
+@dataclasses.dataclass
+class StudyInfo:
+    """A study's own run (``s2ap.role=study``): what the trial runs do not say."""
+
+    name: str
+    run_id: str = ""
+    params: dict[str, str] = dataclasses.field(default_factory=dict)
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    start_ms: int | None = None
+    end_ms: int | None = None
+    status: str = ""
+
+    @property
+    def description(self) -> str:
+        """``study.description`` of the study file (logged with the study's settings)."""
+        text = self.params.get("study.description", "")
+        return "" if text == "None" else text
+
+    @property
+    def wall_s(self) -> float | None:
+        """Seconds from the study run's start to its end (a resumed study: first start to
+        last end, pauses included); ``None`` while it runs."""
+        if self.start_ms is None or self.end_ms is None:
+            return None
+        return (self.end_ms - self.start_ms) / 1000.0
+
+
+def load_studies(tracking_uri: str, studies: Sequence[str]) -> dict[str, StudyInfo]:
+    """The study run of each of ``studies`` (an empty :class:`StudyInfo` when there is none)."""
+    client = make_client(tracking_uri, read_only=True)
+    out = {}
+    for name in studies:
+        run = study_run(client, _study_experiment_id(client, tracking_uri, name))
+        if run is None:
+            out[name] = StudyInfo(name)
+            continue
+        out[name] = StudyInfo(
+            name,
+            run.info.run_id,
+            dict(run.data.params),
+            dict(run.data.tags),
+            run.info.start_time,
+            run.info.end_time,
+            run.info.status,
+        )
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Grouping
 
@@ -271,11 +412,17 @@ Cells = Mapping[Cell, list[TrialRun]]
 
 
 def group_cells(runs: Iterable[TrialRun]) -> dict[Cell, list[TrialRun]]:
-    """Runs by cell (configuration without seed), each list sorted by seed."""
-    cells: dict[Cell, list[TrialRun]] = defaultdict(list)
+    """Runs by cell (configuration without seed), each list sorted by seed. A seed that ran
+    in several studies (the same configuration repeated, e.g. the HYDRA baseline of two
+    studies) counts once, from the first of ``runs``: a repeat is not a new seed (the page's
+    repeat check says how far the repeats are apart)."""
+    cells: dict[Cell, dict[int, TrialRun]] = defaultdict(dict)
     for r in runs:
-        cells[r.cell].append(r)
-    return {c: sorted(rs, key=lambda r: r.seed) for c, rs in sorted(cells.items(), key=_cell_key)}
+        cells[r.cell].setdefault(r.seed, r)
+    return {
+        c: [by_seed[s] for s in sorted(by_seed)]
+        for c, by_seed in sorted(cells.items(), key=_cell_key)
+    }
 
 
 def _cell_key(item: tuple[Cell, Any]) -> tuple[Any, ...]:
@@ -317,16 +464,22 @@ def share_warmups(runs: Sequence[TrialRun]) -> list[TrialRun]:
     return out
 
 
+def _claimed(r: TrialRun) -> bool:
+    """A run of the claimed arm (S2AP) on any host."""
+    return r.params.get("prune.perturbation", CLAIMED_ARM) == CLAIMED_ARM
+
+
 def split_studies(runs: Sequence[TrialRun]) -> tuple[list[TrialRun], list[TrialRun]]:
-    """(runs of arm-comparison studies, S2AP runs of radius-sweep studies); see module doc."""
+    """(runs of arm-comparison studies, claimed-arm runs of radius-sweep studies); see the
+    module doc. A sweep is S2AP (on any host) over more than one (rho, steps) combination."""
     arms: dict[str, set[str]] = defaultdict(set)
-    radii: dict[str, set[tuple[float | None, int | None]]] = defaultdict(set)
+    radii: dict[tuple[str, str], set[tuple[float | None, int | None]]] = defaultdict(set)
     for r in runs:
         arms[r.study].add(r.arm)
-        if r.arm == "S2AP":
-            radii[r.study].add((r.rho, r.ascent_steps))
+        if _claimed(r):
+            radii[(r.study, r.arm)].add((r.rho, r.ascent_steps))
     arm_runs = [r for r in runs if len(arms[r.study]) > 1]
-    sweep_runs = [r for r in runs if r.arm == "S2AP" and len(radii[r.study]) > 1]
+    sweep_runs = [r for r in runs if _claimed(r) and len(radii[(r.study, r.arm)]) > 1]
     return arm_runs, sweep_runs
 
 

@@ -81,26 +81,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exceptions of :mod:`tracking` that are user errors, by module. One counts only once its module
+#: is imported (it can only be raised then): importing them all would import MLflow (~2 s) to
+#: print a refusal that came before MLflow was needed.
+_TRACKING_ERRORS: dict[str, tuple[str, ...]] = {
+    "tracking.artifacts": ("MaskFileError",),
+    "tracking.client": ("TrackingUnavailableError",),
+    "tracking.pull": ("NoFinishedTrialError", "StudyNotFoundError"),
+    "tracking.server": ("MlflowServerError",),
+    "tracking.writer": ("ParamConflictError",),
+}
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'the input is wrong' rather than 'the program is wrong'."""
     from s2ap.config import ConfigError
 
     errors: list[type[BaseException]] = [UserError, ConfigError]
-    if "tracking" in sys.modules:  # a tracking error can only come from an imported tracking
-        from tracking.artifacts import MaskFileError
-        from tracking.client import TrackingUnavailableError
-        from tracking.pull import NoFinishedTrialError, StudyNotFoundError
-        from tracking.runs import ParamConflictError
-        from tracking.server import MlflowServerError
-
-        errors += [
-            MlflowServerError,
-            MaskFileError,
-            NoFinishedTrialError,
-            StudyNotFoundError,
-            TrackingUnavailableError,
-            ParamConflictError,
-        ]
+    for module, names in _TRACKING_ERRORS.items():
+        loaded = sys.modules.get(module)
+        errors += [e for e in (getattr(loaded, n, None) for n in names) if e is not None]
     return tuple(errors)
 
 

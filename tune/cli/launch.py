@@ -27,6 +27,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="join a Ray cluster (auto, or HOST:PORT of the head); default: a local Ray runtime",
     )
     p.add_argument("--tracking-uri", help="MLflow tracking URI (overrides study.tracking_uri)")
+    p.add_argument(
+        "--wait-for-tracking",
+        type=NON_NEGATIVE_INT,
+        default=0,
+        metavar="SECONDS",
+        help="give an http(s) tracking server that does not answer yet this long to come up "
+        "(e.g. one starting beside the driver) before the launch is refused (default: refuse "
+        "at once)",
+    )
     p.add_argument("--num-samples", type=POSITIVE_INT, help="override study.num_samples")
     p.add_argument(
         "--num-cpus", type=POSITIVE_INT, help="local runtime: CPUs Ray may use (default: all)"
@@ -48,8 +57,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-test-eval", action="store_true", help="skip the best trial's test evaluation"
     )
-    p.add_argument("-v", "--verbose", type=int, default=1, choices=(0, 1, 2, 3), help="Tune output")
-    p.add_argument("-q", "--quiet", action="store_true", help="Tune output off (verbose 0)")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        type=int,
+        default=1,
+        choices=(0, 1, 2, 3),
+        help="console output while the study runs: 0 none (as -q); 1 one line per trial event "
+        "(started, stopped by ASHA, completed, failed) and a progress line (default); 2 also "
+        "Ray Tune's own reporter (a config and a result box per trial, a status table every "
+        "30 s) and Ray's INFO logs; 3 also Ray Tune's result box for every epoch",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no trial lines and no progress line (verbose 0); the summary still prints",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
         tracking_uri=args.tracking_uri,
+        wait_for_tracking=float(args.wait_for_tracking),
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus,
         ray_temp_dir=args.ray_temp_dir,

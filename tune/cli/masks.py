@@ -4,6 +4,7 @@ checkpoint, two masks compared."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,12 @@ __all__ = ["COMMAND"]
 
 # --- pull ---------------------------------------------------------------------------------------
 def add_pull_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("study", help="the study file, or the study name with --tracking-uri")
+    p.add_argument(
+        "study",
+        help="the study file, the study name with --tracking-uri, or a registered model URI "
+        "(models:/<study>@best, models:/<study>/<version>; the store from --tracking-uri or "
+        "MLFLOW_TRACKING_URI)",
+    )
     p.add_argument("--storage-root", help="override study.storage_root (relative to the cwd)")
     p.add_argument("--metric", help="selection metric (default: the study's first objective)")
     p.add_argument("--mode", choices=("max", "min"))
@@ -32,6 +38,8 @@ def pull(args: argparse.Namespace) -> int:
     out = Path(args.out).absolute()
     check_writable_folder(out, "--out")
     refuse_existing(out / f"final{MASK_SUFFIX}", args.force)
+    if args.study.startswith("models:/"):
+        return _pull_registered(args, out)
     name, uri, study = study_or_name(args.study, args.tracking_uri, args.storage_root)
     require_store(uri, name)
     metric = args.metric or (study.objective.metric if study else "val_robust_acc")
@@ -39,8 +47,13 @@ def pull(args: argparse.Namespace) -> int:
     pulled = pull_best_mask(
         uri, name, out, metric=metric, mode=mode, with_weights=args.with_weights
     )
-    header = pulled.header
     print(f"best trial {pulled.trial_id} (run {pulled.run_id}) by {metric} {mode}")
+    _print_pulled(pulled)
+    return 0
+
+
+def _print_pulled(pulled: Any) -> None:
+    header = pulled.header
     sparsity = header.get("global_sparsity", float("nan"))
     where = f"{header.get('architecture', '?')} on {header.get('dataset', '?')}"
     from s2ap.arms import method_text
@@ -49,6 +62,43 @@ def pull(args: argparse.Namespace) -> int:
     if pulled.weights_path:
         print(f"weights: {pulled.weights_path}")
     print(f"info:    {pulled.info_path}")
+
+
+def _pull_registered(args: argparse.Namespace, out: Path) -> int:
+    """``masks pull models:/<study>@best``: the version's run, through MLflow's registry."""
+    import os
+
+    from tracking.client import resolve_tracking_uri
+    from tracking.pull import pull_registered_mask
+    from tracking.registry import parse_model_uri
+
+    if args.metric or args.mode:
+        raise UserError(f"{args.study} names one model version; --metric/--mode do not apply")
+    try:
+        name, _, _ = parse_model_uri(args.study)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    given = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not given:
+        raise UserError(
+            f"{args.study}: say which MLflow store holds it with --tracking-uri (or set "
+            "MLFLOW_TRACKING_URI), e.g. sqlite:////abs/studies/mlflow.db or http://host:5000"
+        )
+    try:
+        uri = resolve_tracking_uri(given, ".")
+    except ValueError as exc:
+        raise UserError(f"--tracking-uri: {exc}") from None
+    require_store(uri, name)
+    try:
+        pulled = pull_registered_mask(uri, args.study, out, with_weights=args.with_weights)
+    except LookupError as exc:
+        raise UserError(str(exc)) from None
+    model = json.loads(Path(pulled.info_path).read_text())["model"]
+    print(
+        f"{args.study} = version {model['version']} of {model['name']!r}: trial "
+        f"{pulled.trial_id} (run {pulled.run_id})"
+    )
+    _print_pulled(pulled)
     return 0
 
 

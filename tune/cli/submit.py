@@ -40,10 +40,12 @@ def _tune_args(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from tune.cluster.submit import submit_study
+    from tune.driver.preflight import preflight_submit
 
     study = load_study_args(args)
     if args.working_dir and not Path(args.working_dir).is_dir():
         raise UserError(f"--working-dir {args.working_dir}: no such folder")
+    preflight_submit(study, args.address)  # the data split, the dashboard: in seconds
     _job_id, status = submit_study(
         study,
         args.address,

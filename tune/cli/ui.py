@@ -13,6 +13,7 @@ from tune.cli.common import (
     require_store,
     tracking_uri_for,
 )
+from tune.common.inputs import check_free_port
 
 __all__ = ["COMMAND"]
 
@@ -27,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tracking.ui import serve_study_ui
 
+    # Before anything is written to the store (port 0: the host only; a free port is picked).
+    check_free_port(args.host, args.port or 0)
     study = load_study_args(args)
     uri = tracking_uri_for(study, args.tracking_uri)
     require_store(uri, study.name)

@@ -45,6 +45,7 @@ __all__ = [
     "free_ports",
     "head_environment",
     "loopback_head",
+    "loopback_worker",
     "main",
     "node_healthy",
     "ray_executable",
@@ -390,9 +391,38 @@ def loopback_head(
     return LoopbackHead(tuple(command), port, dashboard, agent, client, temp_dir)
 
 
-def head_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment for a one-box head, plus ``extra``."""
+def loopback_worker(
+    head: LoopbackHead,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: int | None = None,
+    object_store_memory: int | None = None,
+) -> list[str]:
+    """The recipes' ``ray start --address`` (:func:`ray_worker_command`) joining ``head`` from
+    this machine, with its own free dashboard-agent port: several worker nodes on one box, each
+    a separate Ray node with its own CPUs (a multi-node cluster for tests and benchmarks).
+    Start the head and the workers with :func:`head_environment` ``(multi_node=True)``."""
+    (agent,) = free_ports(1)
+    return ray_worker_command(
+        address=head.address,
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        node_ip_address="127.0.0.1",
+        object_store_memory=object_store_memory,
+        dashboard_agent_listen_port=agent,
+        ray_executable=ray_executable(),
+    )
+
+
+def head_environment(
+    extra: Mapping[str, str] | None = None, *, multi_node: bool = False
+) -> dict[str, str]:
+    """This process's environment for a one-box head, plus ``extra``. ``multi_node``: worker
+    nodes will join (Ray refuses joins while ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` pins a
+    one-node cluster)."""
     env = dict(os.environ)
+    if multi_node:
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "1"
     # Stop promptly: the 30 s SIGTERM drain is for Serve replicas, not for a one-box cluster.
     env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
     env.update(extra or {})

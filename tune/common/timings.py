@@ -26,6 +26,7 @@ from typing import Any
 __all__ = [
     "TIMING_KEY",
     "StepTimes",
+    "driver_costs",
     "epoch_timings",
     "process_start_time",
     "study_timings",
@@ -75,6 +76,21 @@ class StepTimes(dict[str, float]):
         """``<name>_s``: from ``start`` (``time.time()`` scale) to now; nothing if unknown."""
         if start is not None:
             self[f"{name}_s"] = time.time() - start
+
+
+def driver_costs(costs: Mapping[str, float]) -> dict[str, float]:
+    """The driver's seconds during the search, split: ``driver/sampler_s`` (Optuna's draws and
+    tells), ``driver/bookkeeping_s`` (the searcher wrapper: baselines, dedup, its state) and
+    ``driver/ray_s`` (the rest of the driver's CPU time: Ray Tune's loop, scheduler, callbacks,
+    loggers). Empty when the search did not measure them (a resumed study)."""
+    if "cpu_s" not in costs or "sampler_s" not in costs:
+        return {}
+    sampler, book = costs.get("sampler_s", 0.0), costs.get("bookkeeping_s", 0.0)
+    return {
+        "driver/sampler_s": sampler,
+        "driver/bookkeeping_s": book,
+        "driver/ray_s": max(0.0, costs["cpu_s"] - sampler - book),
+    }
 
 
 def _results(trial_dir: Path) -> list[dict[str, Any]]:

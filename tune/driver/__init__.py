@@ -10,5 +10,8 @@
   configuration once;
 - :mod:`tune.driver.scheduler`: ASHA (baselines never stopped);
 - :mod:`tune.driver.tuner`: the Tuner (new or restored) and its fit;
-- :mod:`tune.driver.reconcile`: Optuna and MLflow settled with Tune's record after a search.
+- :mod:`tune.driver.progress`: the console while a study runs (a line per trial event, a
+  progress line; Ray's reporter only with ``-v 2``);
+- :mod:`tune.driver.reconcile`: Optuna and MLflow settled with Tune's record after a search;
+- :mod:`tune.driver.best_model`: the best trial's model registered as ``models:/<study>@best``.
 """

@@ -14,7 +14,8 @@
    Optuna proposes, ASHA stops, every trial logs to its own nested MLflow run;
 7. read the trials back (:mod:`tune.results.trials`), settle Optuna and MLflow with Tune's record
    (:mod:`tune.driver.reconcile`), evaluate the best trial on the test set
-   (:mod:`tune.trial.evaluation`), write ``summary.json``, record and print it
+   (:mod:`tune.trial.evaluation`), register its model as ``models:/<study>@best``
+   (:mod:`tune.driver.best_model`), write ``summary.json``, record and print it
    (:mod:`tune.results.summary`).
 """
 
@@ -30,6 +31,7 @@ from typing import IO, TYPE_CHECKING, Any
 from tune.common.console import best_effort, warn
 from tune.common.timings import StepTimes, process_start_time
 from tune.driver.options import LaunchOptions, StudyOutcome
+from tune.driver.preflight import preflight
 from tune.driver.storage import check_storage
 from tune.study.file import Study, StudyError
 
@@ -65,6 +67,7 @@ def run_study(
     Raises :class:`StudyError` for problems the user must fix (exit code 2). Returns exit
     code 0 when every trial ended well, 1 when some trial failed, 130 when interrupted.
     """
+    from tune.driver.progress import quiet_libraries
     from tune.driver.ray_runtime import ray_runtime
     from tune.driver.warmup import StoreWarmup
 
@@ -84,13 +87,20 @@ def run_study(
         )
     if not (options.resume or options.overwrite) and complete:
         return _show_complete(study, launch.out)
-    # MLflow's imports and a new store's schema, in a thread while Ray starts (tune.driver.warmup).
-    warmup = StoreWarmup(launch.tracking_uri)
-    try:
-        with ray_runtime(options, launch.times):
-            outcome = _run_tracked(launch, warmup)
-    finally:
-        warmup.discard()
+    # Everything the trials will need (storage, data, tracking server, cluster), in seconds and
+    # before Ray starts (tune.driver.preflight).
+    with launch.times.step("preflight"):
+        preflight(study, options, launch.tracking_uri, err=launch.err)
+    # Ray's, Optuna's and MLflow's per-start INFO lines off unless -v 2 (tune.driver.progress).
+    with quiet_libraries(options.verbose):
+        # MLflow's imports and a new store's schema, in a thread while Ray starts
+        # (tune.driver.warmup).
+        warmup = StoreWarmup(launch.tracking_uri)
+        try:
+            with ray_runtime(options, launch.times):
+                outcome = _run_tracked(launch, warmup)
+        finally:
+            warmup.discard()
     if outcome.summary.get("timings") is not None:
         _final_timings(launch, outcome.summary)
     return outcome
@@ -106,10 +116,10 @@ def _final_timings(launch: _Launch, summary: dict[str, Any]) -> None:
 
 def _show_complete(study: Study, out: IO[str]) -> StudyOutcome:
     """Idempotent: launching a finished study again shows its results (`make run` twice)."""
-    from tune.results.summary import format_trials_table, print_summary
+    from tune.results.summary import TABLE_ROWS, format_trials_table, print_summary
 
     summary = json.loads(study.summary_json.read_text())
-    print(format_trials_table(study, summary.get("trials", [])), file=out)
+    print(format_trials_table(study, summary.get("trials", []), limit=TABLE_ROWS), file=out)
     print_summary(study, summary, out)
     print(
         f"\nstudy {study.name!r} is already complete (results above); start it over with "
@@ -199,6 +209,7 @@ def _search(launch: _Launch, tracker: Any) -> StudyOutcome:
     """Steps 5-6: the dense model, then the Tuner's fit; then the conclusion."""
     from ray import tune
 
+    from tune.common.timings import driver_costs
     from tune.driver.dense import prepare_dense
     from tune.driver.tuner import build_tuner, fit, trial_param_space
     from tune.results.trials import read_trial_rows
@@ -214,10 +225,19 @@ def _search(launch: _Launch, tracker: Any) -> StudyOutcome:
         )
     with times.step("tuner_build"):
         param_space = trial_param_space(study, dense, tracker.trial_context())
-        tuner = build_tuner(study, param_space, restore=restore, verbose=launch.options.verbose)
+        costs = StepTimes()
+        tuner = build_tuner(
+            study,
+            param_space,
+            restore=restore,
+            verbose=launch.options.verbose,
+            out=launch.out,
+            costs=costs,
+        )
     fit_start = time.time()
     with times.step("fit"):
-        results, wall = fit(tuner)
+        results, wall = fit(tuner, costs)
+    times.update(driver_costs(costs))
     with times.step("results"):
         rows = read_trial_rows(study, results.experiment_path)
     return _conclude(launch, tracker, rows, wall, fit_start)
@@ -227,16 +247,22 @@ def _conclude(
     launch: _Launch, tracker: Any, rows: list[TrialRow], wall: float, fit_start: float
 ) -> StudyOutcome:
     """Step 7: an interrupted search says how to resume; a finished one is summarised."""
-    from tune.driver.reconcile import close_dangling_runs, fail_orphan_optuna_trials
-    from tune.results.summary import format_trials_table
+    from tune.driver.reconcile import (
+        close_dangling_runs,
+        fail_orphan_optuna_trials,
+        kill_interrupted_runs,
+    )
+    from tune.results.summary import TABLE_ROWS, format_trials_table
     from tune.results.trials import count_text, error_text, unfinished
 
     study, out, err = launch.study, launch.out, launch.err
     print("", file=out)
-    print(format_trials_table(study, rows), file=out)
+    # At most TABLE_ROWS rows (the best ones) on a large study; `s2ap status` shows them all.
+    print(format_trials_table(study, rows, limit=TABLE_ROWS), file=out)
     if unfinished(rows):
         here = study.shell_arg
         print(f"\nstudy interrupted; continue it with `s2ap tune --resume {here}`", file=err)
+        kill_interrupted_runs(tracker, rows)
         tracker.finish("KILLED")
         return StudyOutcome(130, {"counts": count_text(rows), "trials": rows})
     with launch.times.step("results"):
@@ -282,12 +308,15 @@ def _summarise(
     study run's records (``trial_runs``: the trial runs already read from MLflow), the
     printout."""
     from tune.common.timings import study_timings
+    from tune.driver.best_model import register_best_model
     from tune.results.summary import build_summary, print_summary, record_summary, write_summary
     from tune.results.trials import best_trial
 
     study, times = launch.study, launch.times
     best = best_trial(study, rows)
     test = _test_numbers(launch, tracker, best)
+    with times.step("model_registry"):  # models:/<study>@best (tune.driver.best_model)
+        model = register_best_model(study, launch.tracking_uri, best, test, launch.out)
     with times.step("summary"):
         summary = build_summary(
             study,
@@ -297,6 +326,7 @@ def _summarise(
             best=best,
             test=test,
         )
+        summary["model"] = model
         summary["timings"] = study_timings(times, study.experiment_dir, fit_start)
         write_summary(study, summary)
     with times.step("study_run_records"):

@@ -17,6 +17,9 @@ class LaunchOptions:
     resume: bool = False
     overwrite: bool = False
     tracking_uri: str | None = None
+    wait_for_tracking: float = 0.0
+    """Seconds an http(s) tracking server that does not answer yet is given before the
+    launch is refused (:mod:`tune.driver.preflight`); 0: one check."""
     num_cpus: int | None = None
     """Local runtime only: CPUs (default: all) and logical GPUs (default: detected)."""
     num_gpus: int | None = None

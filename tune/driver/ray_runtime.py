@@ -8,6 +8,7 @@ Ray would leave a trial asking for more than any node has PENDING forever, so
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -41,6 +42,12 @@ def _short_temp_dir(requested: str | None) -> str:
     return str(path)
 
 
+def _ray_log_level(verbose: int) -> int:
+    """The driver's ``ray`` logger: its INFO lines ("Started a local Ray instance.", Tune's
+    "Wrote the latest version of all result files ...") only with ``-v 2`` and up."""
+    return logging.INFO if verbose >= 2 else logging.WARNING
+
+
 def _init_ray(options: LaunchOptions) -> bool:
     """Start or join Ray; return True if this call started it (and must shut it down)."""
     import ray
@@ -55,6 +62,7 @@ def _init_ray(options: LaunchOptions) -> bool:
             _temp_dir=_short_temp_dir(options.ray_temp_dir),
             include_dashboard=False,
             log_to_driver=options.verbose > 0,
+            logging_level=_ray_log_level(options.verbose),
         )
         return True
     if options.num_cpus is not None or options.num_gpus is not None:
@@ -62,7 +70,11 @@ def _init_ray(options: LaunchOptions) -> bool:
             "--num-cpus/--num-gpus size a local Ray runtime; a cluster (--address) has its own"
         )
     try:
-        ray.init(address=options.address, log_to_driver=options.verbose > 0)
+        ray.init(
+            address=options.address,
+            log_to_driver=options.verbose > 0,
+            logging_level=_ray_log_level(options.verbose),
+        )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise StudyError(
             f"--address {options.address}: cannot connect to a Ray cluster ({exc}); check "

@@ -12,15 +12,21 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from tune.results.trials import TrialRow
+from tracking.client import TAG_OUTCOME
+from tune.results.trials import TrialRow, unfinished
 from tune.study.file import Study
+from tune.trial.recorder import (
+    COMPLETED,
+    ERROR,
+    INTERRUPTED,
+    ORPHANED,
+    OUTCOMES,
+    STOPPED_EARLY,
+)
 
-__all__ = ["close_dangling_runs", "fail_orphan_optuna_trials"]
+__all__ = ["close_dangling_runs", "fail_orphan_optuna_trials", "kill_interrupted_runs"]
 
 _log = logging.getLogger(__name__)
-
-#: ``s2ap.outcome`` of a trial run that is not part of the study's results.
-ORPHANED = "orphaned"
 
 
 def fail_orphan_optuna_trials(study: Study) -> int:
@@ -35,7 +41,7 @@ def fail_orphan_optuna_trials(study: Study) -> int:
     if not study.optuna_path.exists():
         return 0
     try:
-        ostudy = optuna.load_study(study_name=study.name, storage=study.optuna_url)
+        ostudy = optuna.load_study(study_name=study.name, storage=study.optuna_storage())
     except KeyError:
         return 0
     running = ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
@@ -53,28 +59,60 @@ def close_dangling_runs(tracker: Any, rows: Iterable[TrialRow]) -> list[dict[str
     (:meth:`tracking.runs.StudyTracker.trials`, as read: before it settled them), or ``None``
     when MLflow could not be read or written.
 
-    * a trial Tune ended without its Trainable's knowledge (a crashed actor, a lost node):
-      its run is FAILED/KILLED instead of RUNNING forever;
+    * a trial Tune ended without its Trainable's knowledge (a crashed actor, a lost node), or
+      one an earlier launch left ``interrupted``: its run ends as Tune's record says (ERROR:
+      ``error``, FAILED; completed: ``completed``, FINISHED; stopped by the scheduler:
+      ``stopped_early``, FINISHED) instead of RUNNING forever;
     * an *orphan*: a trial a killed driver had started (or even finished) after its last
       experiment snapshot. ``--resume`` cannot know it and samples a new trial instead, so its
       run is not part of the study's results: KILLED, tagged ``s2ap.outcome=orphaned`` (the
-      best-trial lookup and reports read FINISHED runs only).
+      best-trial lookup and reports read completed runs only).
     """
-    from tracking.client import make_client
-
-    state = {r["trial_id"]: r["state"] for r in rows}
+    ended = {r["trial_id"]: _outcome(r) for r in rows}
     try:
-        client = make_client(tracker.tracking_uri)
         runs = tracker.trials()
         for run in runs:
-            if run["trial_id"] not in state:
-                if run["tags"].get("s2ap.outcome") != ORPHANED:
-                    client.set_tag(run["run_id"], "s2ap.outcome", ORPHANED)
-                    client.set_terminated(run["run_id"], "KILLED")
-            elif run["status"] == "RUNNING":
-                status = "FAILED" if state[run["trial_id"]] == "ERROR" else "KILLED"
-                client.set_terminated(run["run_id"], status)
+            outcome = run["tags"].get(TAG_OUTCOME)
+            if run["trial_id"] not in ended:
+                if outcome != ORPHANED:
+                    _end_run(tracker, run, ORPHANED)
+            elif run["status"] == "RUNNING" or outcome == INTERRUPTED:
+                _end_run(tracker, run, ended[run["trial_id"]])
     except Exception as exc:  # bookkeeping only
         _log.warning("could not settle the trial runs in MLflow: %s", exc)
         return None
     return runs
+
+
+def kill_interrupted_runs(tracker: Any, rows: Iterable[TrialRow]) -> int:
+    """An interrupted study: the runs of its unfinished trials end KILLED, tagged
+    ``interrupted`` (Tune stopped their actors, whose clean-up took them for stopped early);
+    ``--resume`` reopens them. Completed and failed runs stay as they are. Returns how many."""
+    left = {r["trial_id"] for r in unfinished(rows)}
+    count = 0
+    try:
+        for run in tracker.trials():
+            if run["trial_id"] not in left:
+                continue
+            outcome = run["tags"].get(TAG_OUTCOME)
+            if run["status"] == "RUNNING" or outcome == STOPPED_EARLY:
+                _end_run(tracker, run, INTERRUPTED)
+                count += 1
+    except Exception as exc:  # bookkeeping only
+        _log.warning("could not mark the interrupted trial runs in MLflow: %s", exc)
+    return count
+
+
+def _outcome(row: TrialRow) -> str:
+    """How Tune's record says a trial ended."""
+    if row["state"] == "ERROR":
+        return ERROR
+    return COMPLETED if row["completed"] else STOPPED_EARLY
+
+
+def _end_run(tracker: Any, run: dict[str, Any], outcome: str) -> None:
+    from tracking.client import make_client
+
+    client = make_client(tracker.tracking_uri)
+    client.set_tag(run["run_id"], TAG_OUTCOME, outcome)
+    client.set_terminated(run["run_id"], OUTCOMES[outcome])

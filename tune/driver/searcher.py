@@ -16,12 +16,19 @@ API, like ``ConcurrencyLimiter``):
 The wrapper's state (which baselines went out, which keys ran, their results) is saved with the
 experiment by Ray (``get_state``/``set_state``), so ``--resume`` neither reruns a baseline nor
 trains a configuration twice.
+
+What the driver spends here is timed (``costs``: ``sampler_s``, the wrapped searcher's calls;
+``bookkeeping_s``, the wrapper's own work around them), for ``summary.json``'s ``timings``.
+Optuna sees a trial when it is drawn and when it ends, not at every epoch: Optuna's pruners never
+run under Ray (ASHA stops trials), and an intermediate value written to the Optuna storage at
+each epoch of each trial cost the driver one storage transaction per result.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -29,6 +36,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from tune.common.timings import StepTimes
 from tune.study.baselines import EffectiveKey
 from tune.study.settings import ObjectiveConfig, SearcherConfig
 from tune.study.space import DefineByRun, SearchSpace
@@ -57,6 +65,7 @@ class StudySearcher(Searcher):
         effective_key: EffectiveKey,
         log_path: str | None = None,
         max_redraws: int = 64,
+        costs: StepTimes | None = None,
     ) -> None:
         self.searcher = searcher
         self.baselines = [dict(b) for b in baselines]
@@ -70,7 +79,30 @@ class StudySearcher(Searcher):
         self.inner_id: dict[str, str] = {}  # trial id -> id the wrapped searcher knows
         self.waiting: dict[str, list[str]] = {}  # key -> duplicate draws awaiting its outcome
         self.duplicates = 0
+        #: Driver seconds: ``sampler_s`` (the wrapped searcher) and ``bookkeeping_s`` (the rest).
+        self.costs = costs if costs is not None else StepTimes()
+        self._sampler_in_call = 0.0
         super().__init__(metric=searcher.metric, mode=searcher.mode)
+
+    def _inner(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """A call into the wrapped searcher, its time counted as the sampler's."""
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            elapsed = time.perf_counter() - start
+            self.costs["sampler_s"] = self.costs.get("sampler_s", 0.0) + elapsed
+            self._sampler_in_call += elapsed
+
+    def _timed(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """One of Ray's calls into this wrapper: its time less the sampler's is bookkeeping."""
+        self._sampler_in_call = 0.0
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            own = time.perf_counter() - start - self._sampler_in_call
+            self.costs["bookkeeping_s"] = self.costs.get("bookkeeping_s", 0.0) + own
 
     # --- Ray's wrapper protocol ---------------------------------------------------------------
     def set_search_properties(
@@ -79,6 +111,9 @@ class StudySearcher(Searcher):
         return self.searcher.set_search_properties(metric, mode, config, **spec)
 
     def get_state(self) -> dict[str, Any]:
+        return self._timed(self._get_state)
+
+    def _get_state(self) -> dict[str, Any]:
         keep = ("next_baseline", "key_of", "first_trial", "outcomes", "inner_id", "waiting")
         return {k: json.loads(json.dumps(getattr(self, k))) for k in (*keep, "duplicates")}
 
@@ -94,6 +129,9 @@ class StudySearcher(Searcher):
 
     # --- suggestions --------------------------------------------------------------------------
     def suggest(self, trial_id: str) -> dict | str | None:
+        return self._timed(self._suggest, trial_id)
+
+    def _suggest(self, trial_id: str) -> dict | str | None:
         if self.next_baseline < len(self.baselines):
             config = dict(self.baselines[self.next_baseline])
             self.next_baseline += 1
@@ -101,7 +139,7 @@ class StudySearcher(Searcher):
             return config
         for attempt in range(self.max_redraws):
             inner = trial_id if attempt == 0 else f"{trial_id}-redraw{attempt}"
-            config = self.searcher.suggest(inner)
+            config = self._inner(self.searcher.suggest, inner)
             if config is None or config == Searcher.FINISHED:
                 return config
             key = self.effective_key(config)
@@ -124,7 +162,7 @@ class StudySearcher(Searcher):
     def _skip_duplicate(self, inner: str, key: str, config: Mapping[str, Any]) -> None:
         self.duplicates += 1
         if key in self.outcomes:
-            self.searcher.on_trial_complete(inner, **self.outcomes[key])
+            self._inner(self.searcher.on_trial_complete, inner, **self.outcomes[key])
         else:
             self.waiting.setdefault(key, []).append(inner)
         if self.log_path:
@@ -134,29 +172,24 @@ class StudySearcher(Searcher):
 
     # --- results ------------------------------------------------------------------------------
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self.inner_id:
-            return
-        from optuna.exceptions import UpdateFinishedTrialError
-
-        try:
-            self.searcher.on_trial_result(self.inner_id[trial_id], result)
-        except UpdateFinishedTrialError as exc:
-            # After a killed driver, --resume replays a trial whose Optuna trial the old
-            # driver had already finished in optuna.db (after Ray's last snapshot): Optuna
-            # refuses the intermediate value, and the trial's own result stands as it is.
-            _log.debug("Optuna refused a result of trial %s: %s", trial_id, exc)
+        """Not forwarded: Optuna gets a trial's value when it ends (see the module docstring)."""
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
+        self._timed(self._on_trial_complete, trial_id, result, error)
+
+    def _on_trial_complete(self, trial_id: str, result: dict | None, error: bool) -> None:
         key = self.key_of.get(trial_id)
         if key is not None and self.first_trial.get(key) == trial_id:
             outcome = {"result": self._objective_values(result), "error": error}
             self.outcomes[key] = outcome
             for inner in self.waiting.pop(key, []):
-                self.searcher.on_trial_complete(inner, **outcome)
+                self._inner(self.searcher.on_trial_complete, inner, **outcome)
         if trial_id in self.inner_id:
-            self.searcher.on_trial_complete(self.inner_id[trial_id], result=result, error=error)
+            self._inner(
+                self.searcher.on_trial_complete, self.inner_id[trial_id], result=result, error=error
+            )
 
     def _objective_values(self, result: dict | None) -> dict[str, Any] | None:
         if not result:
@@ -180,7 +213,11 @@ def make_sampler(cfg: SearcherConfig, space: SearchSpace) -> Any:
     quiet = {"warn_independent_sampling": False}
     group = cfg.multivariate and space.has_branches
     factories: dict[str, Callable[[], Any]] = {
-        "tpe": lambda: s.TPESampler(**seed, **startup, multivariate=cfg.multivariate, group=group),
+        # constant_liar: trials still running count as bad draws, so concurrent trials spread
+        # over the space instead of all sampling the model's one current optimum.
+        "tpe": lambda: s.TPESampler(
+            **seed, **startup, multivariate=cfg.multivariate, group=group, constant_liar=True
+        ),
         "gp": lambda: s.GPSampler(**seed, **startup),
         "cmaes": lambda: s.CmaEsSampler(**seed, **startup, **quiet),
         "random": lambda: s.RandomSampler(**seed),
@@ -201,22 +238,22 @@ def make_searcher(
     space: SearchSpace,
     *,
     study_name: str,
-    storage_url: str | None,
+    storage: Any | None,
     base: Mapping[str, Any] | None = None,
     baselines: list[dict[str, Any]] | None = None,
     log_path: str | None = None,
+    costs: StepTimes | None = None,
 ) -> Any:
     """The study's searcher: :class:`StudySearcher` around Ray's ``OptunaSearch``.
 
     ``metric``/``mode`` are passed here (TuneConfig's are not passed on to a searcher that has
-    its own space). ``storage_url`` (``sqlite:////abs/optuna.db``) persists the Optuna study.
+    its own space). ``storage`` (an Optuna storage: :meth:`tune.study.file.Study.optuna_storage`)
+    persists the Optuna study.
     ``base`` is the study's run config (for the effective-config keys), ``baselines`` the
     baseline trial configs, ``log_path`` where skipped duplicate draws are recorded.
     """
-    import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    storage = optuna.storages.RDBStorage(storage_url) if storage_url else None
     metric: str | list[str]
     mode: str | list[str]
     if len(objectives) == 1:
@@ -241,4 +278,5 @@ def make_searcher(
         baselines=baselines or [],
         effective_key=EffectiveKey(base or {}),
         log_path=log_path,
+        costs=costs,
     )

@@ -148,7 +148,8 @@ def check_storage(study: Study, tracking_uri: str, *, resume: bool, overwrite: b
 
 
 def delete_study(study: Study, tracking_uri: str, out: IO[str]) -> None:
-    """``--overwrite``: remove the Tune experiment, the Optuna study and the MLflow runs."""
+    """``--overwrite``: remove the Tune experiment, the Optuna study, the MLflow runs and the
+    model versions registered from them."""
     if study.experiment_dir.exists():
         shutil.rmtree(study.experiment_dir)
     _delete_optuna_study(study)
@@ -162,13 +163,13 @@ def delete_study(study: Study, tracking_uri: str, out: IO[str]) -> None:
 
 
 def _delete_optuna_study(study: Study) -> bool:
-    """Delete the study's Optuna study from optuna.db; False when there was none."""
+    """Delete the study's Optuna study from its journal; False when there was none."""
     import optuna
 
     if not study.optuna_path.exists():
         return False
     try:
-        optuna.delete_study(study_name=study.name, storage=study.optuna_url)
+        optuna.delete_study(study_name=study.name, storage=study.optuna_storage())
     except KeyError:
         return False
     return True
@@ -176,6 +177,7 @@ def _delete_optuna_study(study: Study) -> bool:
 
 def _delete_mlflow_runs(study_name: str, tracking_uri: str) -> None:
     from tracking.client import TAG_STUDY, filter_quote, make_client, search_all_runs
+    from tracking.registry import delete_versions_of_runs
 
     client = make_client(tracking_uri)
     exp = client.get_experiment_by_name(study_name)
@@ -183,12 +185,15 @@ def _delete_mlflow_runs(study_name: str, tracking_uri: str) -> None:
         return
     flt = f"tags.`{TAG_STUDY}` = {filter_quote(study_name)}"
     # Every page first: deleting while paging would shift the pages under the token.
-    for run in list(search_all_runs(client, [exp.experiment_id], flt)):
+    runs = list(search_all_runs(client, [exp.experiment_id], flt))
+    for run in runs:
         client.delete_run(run.info.run_id)
+    # The registered model models:/<study>@best held these runs' models (tracking.registry).
+    delete_versions_of_runs(client, study_name, {run.info.run_id for run in runs})
 
 
 def drop_stale_optuna_study(study: Study, err: IO[str]) -> None:
-    """A new study must not inherit an Optuna study of the same name left in optuna.db (its
+    """A new study must not inherit an Optuna study of the same name left in the journal (its
     Tune experiment is gone, so its trials would only mislead the sampler)."""
     if _delete_optuna_study(study):
         warn(f"removed a stale Optuna study {study.name!r} from {study.optuna_path}", err)

@@ -9,8 +9,9 @@ checkpoints every ``study.checkpoint.frequency`` epochs and logs to its own nest
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import IO, Any
 
+from tune.common.timings import StepTimes
 from tune.driver.dense import DenseModel
 from tune.study.file import Study
 from tune.trial.context import CONTEXT_KEY, make_trial_context
@@ -55,8 +56,8 @@ def _trainable(study: Study) -> Any:
     return tune.with_resources(S2APTrainable, {"cpu": res.cpu, "gpu": res.gpu})
 
 
-def _tune_config(study: Study) -> Any:
-    """Searcher (baselines first, then Optuna, persisted in optuna.db; each effective
+def _tune_config(study: Study, costs: StepTimes | None = None) -> Any:
+    """Searcher (baselines first, then Optuna, persisted in its journal; each effective
     configuration once), scheduler (ASHA or FIFO; baselines never stopped), concurrency."""
     from ray import tune
 
@@ -70,10 +71,11 @@ def _tune_config(study: Study) -> Any:
         settings.objectives,
         study.space,
         study_name=study.name,
-        storage_url=study.optuna_url,
+        storage=study.optuna_storage(),
         base=study.base_dict(),
         baselines=baseline_trials(settings.baselines, study.space),
         log_path=str(study.duplicates_log),
+        costs=costs,
     )
     return tune.TuneConfig(
         search_alg=searcher,
@@ -87,8 +89,16 @@ def _tune_config(study: Study) -> Any:
     )
 
 
-def _run_config(study: Study, verbose: int) -> Any:
-    """Where the experiment lives, how trials checkpoint, how often a failed trial retries.
+def _output_callbacks(study: Study, verbose: int, out: IO[str] | None) -> list[Any]:
+    """The service's console lines (:mod:`tune.driver.progress`), unless ``-q``."""
+    from tune.driver.progress import StudyProgress
+
+    return [StudyProgress.for_study(study, out)] if verbose >= 1 else []
+
+
+def _run_config(study: Study, verbose: int, out: IO[str] | None = None) -> Any:
+    """Where the experiment lives, how trials checkpoint, how often a failed trial retries,
+    what the console shows (:mod:`tune.driver.progress`).
 
     Of Tune's per-result loggers only the JSON one (``result.json``, every result of a trial):
     MLflow is the study's record, and the CSV and TensorBoard files cost the driver work on
@@ -97,46 +107,82 @@ def _run_config(study: Study, verbose: int) -> Any:
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
+    from tune.driver.checkpoints import PruneFinishedCheckpoints
+    from tune.driver.progress import ray_verbosity
+
     settings = study.settings
     return tune.RunConfig(
         name=study.name,
         storage_path=str(study.storage_root),
-        callbacks=[JsonLoggerCallback()],
+        callbacks=[
+            JsonLoggerCallback(),
+            PruneFinishedCheckpoints(settings.checkpoint.num_to_keep),
+            *_output_callbacks(study, verbose, out),
+        ],
         checkpoint_config=tune.CheckpointConfig(
-            num_to_keep=settings.checkpoint.num_to_keep,
+            # None: Ray deletes nothing, so it never snapshots the experiment per checkpoint
+            # (tune.driver.checkpoints prunes a trial's checkpoints once it ends).
+            num_to_keep=None,
             checkpoint_frequency=settings.checkpoint.frequency,
             checkpoint_at_end=True,
         ),
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-        verbose=verbose,
+        verbose=ray_verbosity(verbose),
     )
 
 
 def build_tuner(
-    study: Study, param_space: dict[str, Any], *, restore: bool, verbose: int = 1
+    study: Study,
+    param_space: dict[str, Any],
+    *,
+    restore: bool,
+    verbose: int = 1,
+    out: IO[str] | None = None,
+    costs: StepTimes | None = None,
 ) -> Any:
     """A new Tuner, or (``restore``) the study's interrupted one, which keeps its finished
-    trials and continues the unfinished and failed ones from their checkpoints."""
+    trials and continues the unfinished and failed ones from their checkpoints. ``verbose``
+    is ``s2ap tune -v`` (:mod:`tune.driver.progress`); the service's lines go to ``out``.
+    ``costs`` gets the searcher's driver seconds (a new search only: a restored searcher is
+    Ray's copy)."""
     from ray import tune
 
     if restore:
-        return tune.Tuner.restore(
+        tuner = tune.Tuner.restore(
             str(study.experiment_dir),
             trainable=_trainable(study),
             resume_unfinished=True,
             resume_errored=True,
             param_space=param_space,
         )
+        _restored_output(tuner, study, verbose, out)
+        return tuner
     return tune.Tuner(
         _trainable(study),
         param_space=param_space,
-        tune_config=_tune_config(study),
-        run_config=_run_config(study, verbose),
+        tune_config=_tune_config(study, costs),
+        run_config=_run_config(study, verbose, out),
     )
 
 
-def fit(tuner: Any) -> tuple[Any, float]:
-    """Run the search; return the ``ResultGrid`` and the wall time in seconds."""
-    t0 = time.monotonic()
+def _restored_output(tuner: Any, study: Study, verbose: int, out: IO[str] | None) -> None:
+    """A restored Tuner brings back the run config it was pickled with, console settings
+    included, and ``Tuner.restore`` takes no new one: this launch's ``-v`` replaces them
+    (through the Tuner's internal object, checked against the pinned Ray by the tests)."""
+    from tune.driver.progress import StudyProgress, ray_verbosity
+
+    run_config = tuner._local_tuner.get_run_config()
+    kept = [c for c in run_config.callbacks or [] if not isinstance(c, StudyProgress)]
+    run_config.callbacks = [*kept, *_output_callbacks(study, verbose, out)]
+    run_config.verbose = ray_verbosity(verbose)
+
+
+def fit(tuner: Any, costs: StepTimes | None = None) -> tuple[Any, float]:
+    """Run the search; return the ``ResultGrid`` and the wall time in seconds. ``costs`` gets
+    ``cpu_s``: the driver process's CPU seconds during the search (every thread: Tune's loop,
+    the searcher, the callbacks)."""
+    t0, cpu0 = time.monotonic(), time.process_time()
     results = tuner.fit()
+    if costs is not None:
+        costs["cpu_s"] = time.process_time() - cpu0
     return results, time.monotonic() - t0

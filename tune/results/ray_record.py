@@ -25,6 +25,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tune.trial.checkpoint import is_complete_checkpoint
+
 __all__ = [
     "RAY_FORMAT_VERSION",
     "RayRecordFormatError",
@@ -37,8 +39,6 @@ __all__ = [
 RAY_FORMAT_VERSION = "2.60.0"
 
 _STATE_GLOB = "experiment_state-*.json"  # Ray's TuneController.CKPT_FILE_TMPL
-#: What a finished checkpoint folder holds (tune.trial.checkpoint writes both).
-_CHECKPOINT_FILES = ("state.pt", "trial.json")
 
 
 class RayRecordFormatError(RuntimeError):
@@ -88,7 +88,7 @@ def has_trial_records(experiment_dir: str | Path) -> bool:
 
 def _latest_checkpoint(trial_dir: Path) -> str | None:
     for folder in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
-        if all((folder / name).is_file() for name in _CHECKPOINT_FILES):
+        if is_complete_checkpoint(folder):
             return str(folder)
     return None
 

@@ -1,12 +1,15 @@
 """The end of a study: ``summary.json``, the printout, and what the MLflow study run records.
 
 ``summary.json`` (in the experiment folder) holds the counts, the best trial (validation
-numbers, configuration, checkpoint), its test numbers, the Pareto front of a multi-objective
-study and every trial's row; ``s2ap tune`` on a complete study prints it again.
+numbers, configuration, checkpoint), its test numbers, its registered model (``model``:
+``models:/<study>@best`` and the version; :mod:`tune.driver.best_model`), the Pareto front of
+a multi-objective study and every trial's row; ``s2ap tune`` on a complete study prints it again.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 from collections.abc import Mapping
 from typing import IO, Any
 
@@ -16,6 +19,7 @@ from tune.results.trials import TrialRow, count_text, pareto_front
 from tune.study.file import Study
 
 __all__ = [
+    "TABLE_ROWS",
     "build_summary",
     "format_trials_table",
     "print_summary",
@@ -23,6 +27,10 @@ __all__ = [
     "update_timings",
     "write_summary",
 ]
+
+
+#: Rows of the trials table at the end of ``s2ap tune``: a large study shows its best ones.
+TABLE_ROWS = 25
 
 
 def _fmt(v: Any) -> str:
@@ -33,12 +41,32 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def format_trials_table(study: Study, rows: list[TrialRow]) -> str:
-    """A plain-text table of the trials (for ``s2ap status`` and the end of ``s2ap tune``)."""
+def _top_rows(study: Study, rows: list[TrialRow], limit: int) -> list[TrialRow]:
+    """The ``limit`` rows to show of a large study: completed trials first, best first on the
+    first objective, then the others (stopped, failed) by their last value."""
+    obj = study.objective
+    sign = -1.0 if obj.mode == "max" else 1.0
+
+    def key(r: TrialRow) -> tuple[bool, bool, float]:
+        v = r["metrics"].get(obj.metric)
+        return (not r["completed"], v is None, sign * v if v is not None else 0.0)
+
+    return sorted(rows, key=key)[:limit]
+
+
+def format_trials_table(study: Study, rows: list[TrialRow], *, limit: int | None = None) -> str:
+    """A plain-text table of the trials (for ``s2ap status`` and the end of ``s2ap tune``).
+
+    With ``limit`` and more rows than that, the best ``limit`` trials (:func:`_top_rows`) and a
+    last line that says how many more there are and where to see them all."""
     keys = study.space.keys
     objectives = [o.metric for o in study.settings.objectives]
     metric_cols = list(dict.fromkeys([*objectives, "best_val_robust_acc", "sparsity"]))
     table = [["trial", "state", "epochs", "retries", "baseline", *keys, *metric_cols]]
+    more = 0
+    if limit is not None and len(rows) > limit:
+        more = len(rows) - limit
+        rows = _top_rows(study, rows, limit)
     for r in rows:
         stopped = r["state"] == "TERMINATED" and not r["completed"]
         table.append(
@@ -53,7 +81,13 @@ def format_trials_table(study: Study, rows: list[TrialRow]) -> str:
             ]
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+    text = "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+    if more:
+        text += (
+            f"\n... {more} more trials (the {limit} best are shown); all of them: "
+            f"s2ap status {study.shell_arg}"
+        )
+    return text
 
 
 def build_summary(
@@ -74,7 +108,7 @@ def build_summary(
         "study_file": str(study.path) if study.path else None,
         "experiment_dir": str(study.experiment_dir),
         "tracking_uri": tracking_uri,
-        "optuna_storage": study.optuna_url,
+        "optuna_storage": str(study.optuna_path),
         "objectives": [o.model_dump() for o in objectives],
         "counts": count_text(rows),
         "fit_wall_s": fit_wall_s,
@@ -160,15 +194,29 @@ def _print_best(
         )
 
 
-def _print_where(study: Study, tracking_uri: str, out: IO[str]) -> None:
-    here = study.shell_arg
+def _print_where(
+    study: Study, tracking_uri: str, out: IO[str], model: dict[str, Any] | None = None
+) -> None:
+    here = pull_from = study.shell_arg
+    if os.environ.get("RAY_JOB_SUBMISSION_ID"):
+        # A Ray job (s2ap submit): the study file lives in the job's package on the head, a
+        # path the user cannot use: the user's copy with this storage root, or the study's
+        # name with its store.
+        here = f"STUDY.yaml --storage-root {shlex.quote(str(study.storage_root))}"
+        pull_from = f"{study.name} --tracking-uri {shlex.quote(tracking_uri)}"
     print("", file=out)
     print("results:", file=out)
     print(f"  trials, checkpoints:  {study.experiment_dir}", file=out)
     print(f"  summary:              {study.summary_json}", file=out)
     print(f"  MLflow:               {tracking_uri}  (open: s2ap ui {here})", file=out)
-    print(f"  best mask:            s2ap masks pull {here} --out ./best-mask", file=out)
-    print(f"  Optuna study:         optuna-dashboard {study.optuna_url}", file=out)
+    print(f"  best mask:            s2ap masks pull {pull_from} --out ./best-mask", file=out)
+    if model:  # tune.driver.best_model: the best trial in the MLflow Model Registry
+        print(
+            f"  best model:           {model['uri']} (version {model['version']}; "
+            "mlflow.pyfunc.load_model, mlflow models serve)",
+            file=out,
+        )
+    print(f"  Optuna study:         optuna-dashboard {study.optuna_path}", file=out)
     print(f"  table again:          s2ap status {here}", file=out)
 
 
@@ -199,4 +247,4 @@ def print_summary(study: Study, summary: dict[str, Any], out: IO[str]) -> None:
             f"{', '.join(summary['pareto'])}",
             file=out,
         )
-    _print_where(study, summary["tracking_uri"], out)
+    _print_where(study, summary["tracking_uri"], out, summary.get("model"))

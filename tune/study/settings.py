@@ -14,9 +14,9 @@ import importlib.util
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from s2ap.config import ConfigError
+from s2ap.config import ConfigError, Count, Flag, StrictSection
 from tune.study.space import SearchSpace
 
 __all__ = [
@@ -34,8 +34,9 @@ __all__ = [
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-class _Strict(BaseModel):
+class _Strict(StrictSection):
     # allow_inf_nan=False: YAML's .inf/.nan parse as floats and would pass a `gt=0` bound.
+    # Counts and flags are strict (Count, Flag): `true` is no count, `1` no flag.
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
@@ -50,11 +51,11 @@ class SearcherConfig(_Strict):
     """Which Optuna sampler proposes configurations."""
 
     kind: Literal["tpe", "gp", "cmaes", "random", "nsga2", "qmc", "grid"] = "tpe"
-    seed: int | None = 0
-    n_startup_trials: int | None = Field(
+    seed: Count | None = 0
+    n_startup_trials: Count | None = Field(
         None, ge=0, description="random trials before the model kicks in (tpe/gp/cmaes)"
     )
-    multivariate: bool = True
+    multivariate: Flag = True
     points_to_evaluate: list[dict[str, Any]] = Field(
         default_factory=list, description="configurations to try first ({path: value})"
     )
@@ -134,11 +135,11 @@ class SchedulerConfig(_Strict):
     """
 
     kind: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(1, ge=1)
+    grace_period: Count = Field(1, ge=1)
     reduction_factor: float = Field(2, gt=1)
     time_attr: str = "training_iteration"
-    max_t: int | None = Field(None, ge=1)
-    brackets: int = Field(1, ge=1)
+    max_t: Count | None = Field(None, ge=1)
+    brackets: Count = Field(1, ge=1)
 
 
 #: Metrics every trial reports (Ray result keys); objectives must be among them. Prune-phase
@@ -184,31 +185,38 @@ class TestEvalConfig(_Strict):
 
     __test__ = False  # not a pytest class
 
-    enabled: bool = True
-    every_trial: bool = Field(
+    enabled: Flag = True
+    every_trial: Flag = Field(
         False,
         description="also evaluate every completed trial's selected model on the test set at "
         "its end (logged to MLflow only, never reported to Optuna/ASHA): for comparison pages",
     )
-    autoattack: bool | None = None
-    n_examples: int | None = Field(None, ge=1)
-    pgd_steps: int | None = Field(None, ge=1)
+    autoattack: Flag | None = None
+    n_examples: Count | None = Field(None, ge=1)
+    pgd_steps: Count | None = Field(None, ge=1)
 
 
 class CheckpointSettings(_Strict):
-    """How often trials checkpoint (epochs) and how many checkpoints each keeps."""
+    """How often trials checkpoint (epochs), and how many of its newest checkpoints a trial
+    keeps once it has ended (a running trial keeps all: :mod:`tune.driver.checkpoints`)."""
 
-    frequency: int = Field(1, ge=1)
-    num_to_keep: int = Field(1, ge=1)
+    frequency: Count = Field(1, ge=1)
+    num_to_keep: Count = Field(1, ge=1)
 
 
 class StudySettings(_Strict):
     """The ``study:`` block."""
 
     name: str | None = None
+    description: str | None = Field(
+        None,
+        max_length=500,
+        description="what the study is, in words (e.g. the data and the machine): recorded "
+        "with the study run (param study.description) and quoted by `s2ap report`",
+    )
     storage_root: str = "./studies"
-    num_samples: int = Field(8, ge=1)
-    max_concurrent_trials: int | None = Field(None, ge=1)
+    num_samples: Count = Field(8, ge=1)
+    max_concurrent_trials: Count | None = Field(None, ge=1)
     searcher: SearcherConfig = Field(default_factory=SearcherConfig)
     objectives: list[ObjectiveConfig] = Field(
         default_factory=lambda: [ObjectiveConfig()], min_length=1
@@ -217,16 +225,16 @@ class StudySettings(_Strict):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     trainable: Literal["pipeline", "prune"] = "pipeline"
     tracking_uri: str | None = None
-    seeds: list[int] | None = Field(
+    seeds: list[Count] | None = Field(
         None,
         min_length=1,
         description="replicates: each sampled configuration runs once per seed inside one "
         "trial and reports the mean (and the spread) over seeds",
     )
-    allow_cpu_fallback: bool = False
+    allow_cpu_fallback: Flag = False
     test_eval: TestEvalConfig = Field(default_factory=TestEvalConfig)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
-    max_failures: int = Field(
+    max_failures: Count = Field(
         2,
         ge=0,
         description="retries of a trial whose worker died (node lost, OOM-killed): each resumes "
@@ -234,7 +242,7 @@ class StudySettings(_Strict):
         "epochs",
     )
     time_budget_s: float | None = Field(None, gt=0)
-    reuse_actors: bool = True
+    reuse_actors: Flag = True
     baselines: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="fixed configurations ({dotted path: value}) run first, once per seed of "

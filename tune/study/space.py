@@ -46,7 +46,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from s2ap.arms import ignored_fields
-from s2ap.config import ConfigError, RunConfig, format_validation_error, set_dotted
+from s2ap.config import (
+    ConfigError,
+    Count,
+    Flag,
+    Number,
+    RunConfig,
+    format_validation_error,
+    set_dotted,
+)
 
 __all__ = [
     "FIXED_PATHS",
@@ -74,9 +82,9 @@ class FloatParam(_Strict):
     """A float drawn uniformly (``uniform``) or log-uniformly (``loguniform``) in [low, high]."""
 
     type: Literal["uniform", "loguniform"]
-    low: float
-    high: float
-    step: float | None = Field(None, gt=0.0, description="quantisation (uniform only)")
+    low: Number
+    high: Number
+    step: Number | None = Field(None, gt=0.0, description="quantisation (uniform only)")
 
     @model_validator(mode="after")
     def _bounds(self) -> FloatParam:
@@ -122,10 +130,10 @@ class IntParam(_Strict):
     """An integer in [low, high] (both inclusive), optionally log-scaled or with a step."""
 
     type: Literal["int"]
-    low: int
-    high: int
-    step: int = Field(1, ge=1)
-    log: bool = False
+    low: Count
+    high: Count
+    step: Count = Field(1, ge=1)
+    log: Flag = False
 
     @model_validator(mode="after")
     def _bounds(self) -> IntParam:

@@ -30,6 +30,7 @@ from tune.trial.pipelines import cached_data, cached_dense
 
 __all__ = [
     "TrialState",
+    "is_complete_checkpoint",
     "load_trial_checkpoint",
     "read_test_numbers",
     "read_trial_info",
@@ -42,6 +43,11 @@ _TRIAL_FILE = "trial.json"
 _MASK_FILE = "mask.s2mask"
 _TEST_FILE = "test.json"
 _FORMAT = 1
+
+
+def is_complete_checkpoint(directory: str | os.PathLike[str]) -> bool:
+    """Whether a checkpoint folder holds a whole trial checkpoint (both files written)."""
+    return all(Path(directory, name).is_file() for name in (_STATE_FILE, _TRIAL_FILE))
 
 
 @dataclasses.dataclass

@@ -91,7 +91,7 @@ def evaluate_trial_checkpoint(
     if tracking and trial_id:
         recorder = TrialRecorder.open(tracking, trial_id, params or {}, {"s2ap.best": "true"})
         recorder.log_test(out, step=max(p.global_epoch for p in pipelines))
-        recorder.finish("FINISHED")
+        recorder.finish("completed")
     return out
 
 

@@ -3,8 +3,9 @@
 
 The recorder is opened once the trial's pipelines exist, with all params and tags at once; a
 trial that fails while it is built opens it only to record the failure (FAILED, with the
-reason in ``s2ap.error``). Without a tracking context (a Trainable used outside a study) it
-records nothing. What a trial logs, and when, is decided here, in one place: which params
+reason in ``s2ap.error``). How a trial ends is its run's ``s2ap.outcome`` tag
+(:data:`OUTCOMES`). Without a tracking context (a Trainable used outside a study) it records
+nothing. What a trial logs, and when, is decided here, in one place: which params
 (:func:`trial_params`), which tags (:func:`trial_tags`), per-epoch metrics, masks, weights,
 test numbers and the outcome.
 """
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from s2ap.arms import effective_config, ignored_fields, method_name
 from s2ap.config import RunConfig
+from tracking.client import OUTCOME_COMPLETED, TAG_OUTCOME
 from tune.trial.context import TrialContext
 
 if TYPE_CHECKING:
@@ -29,7 +31,12 @@ if TYPE_CHECKING:
     from tracking.runs import TrialTracker
 
 __all__ = [
+    "COMPLETED",
+    "ERROR",
+    "INTERRUPTED",
+    "ORPHANED",
     "OUTCOMES",
+    "STOPPED_EARLY",
     "TAG_BASELINE",
     "TrialRecorder",
     "test_metrics",
@@ -40,8 +47,23 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-#: Final status of a trial's run -> its ``s2ap.outcome`` tag.
-OUTCOMES = {"FINISHED": "completed", "KILLED": "stopped_early", "FAILED": "error"}
+#: How a trial ends (its run's ``s2ap.outcome`` tag) -> the MLflow status its run ends with.
+#: A trial the scheduler stopped early ended normally: FINISHED, as Ray Tune's own MLflow
+#: callback ends it (the tag says it is not a result; readers select on the tag). Only an error
+#: is FAILED. KILLED is for runs really killed: the unfinished trials of an interrupted study
+#: (``interrupted``), the orphans of a killed driver (``orphaned``; :mod:`tune.driver.reconcile`).
+COMPLETED = OUTCOME_COMPLETED
+STOPPED_EARLY = "stopped_early"
+ERROR = "error"
+INTERRUPTED = "interrupted"
+ORPHANED = "orphaned"
+OUTCOMES = {
+    COMPLETED: "FINISHED",
+    STOPPED_EARLY: "FINISHED",
+    ERROR: "FAILED",
+    INTERRUPTED: "KILLED",
+    ORPHANED: "KILLED",
+}
 #: Tag naming the baseline a trial runs (absent on searched trials).
 TAG_BASELINE = "s2ap.baseline"
 
@@ -94,6 +116,8 @@ def trial_tags(
         "s2ap.searched": json.dumps(used, sort_keys=True),
         "s2ap.method": method_name(cfg.prune.host, cfg.prune.perturbation),
         "s2ap.dense_hash": ctx.dense_hash or "",
+        # The Ray node the trial runs on (set again when it restarts elsewhere).
+        "s2ap.node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
     }
     if baseline:
         tags[TAG_BASELINE] = baseline
@@ -157,8 +181,11 @@ class TrialRecorder:
             tags,
             storage_root=tracking.get("storage_root"),
             run_name=run_name,
+            experiment_id=tracking.get("experiment_id"),
         )
-        return cls(tracker, _last_epoch_step(tracker) if tracker.resumed else 0)
+        recorder = cls(tracker, _last_epoch_step(tracker) if tracker.resumed else 0)
+        tracker.start_background()  # epochs' metrics overlap the next epoch (tracking.writer)
+        return recorder
 
     @property
     def enabled(self) -> bool:
@@ -169,6 +196,17 @@ class TrialRecorder:
         among them; an epoch the run already holds (redone after a restore) is skipped."""
         if self._tracker is not None and step > self._logged_through:
             self._tracker.log_metrics(dict(metrics), step=step)
+
+    def spill(self) -> None:
+        """Make the epochs handed to the sender durable (the outbox) before a checkpoint: a
+        trial restored from that checkpoint never trains those epochs again."""
+        if self._tracker is not None:
+            self._tracker.spill()
+
+    @property
+    def queued_writes(self) -> int:
+        """Writes that failed over to the outbox so far (0 without tracking)."""
+        return self._tracker.queued_writes if self._tracker is not None else 0
 
     def log_masks(
         self, masks: Mapping[str, torch.Tensor], header: Mapping[str, Any], name: str
@@ -185,17 +223,21 @@ class TrialRecorder:
         if self._tracker is not None:
             self._tracker.log_metrics(test_metrics(numbers), step=step)
 
-    def finish(self, status: str, error: BaseException | None = None) -> None:
-        """End the run as FINISHED, KILLED or FAILED (with the reason); only the first call
-        counts, and it never raises: tracking must not hide the trial's own outcome."""
+    def finish(self, outcome: str, error: BaseException | None = None) -> None:
+        """End the run with ``outcome`` (:data:`OUTCOMES`: ``completed``, ``stopped_early``,
+        ``error`` with the reason, ...) as its tag and the status that goes with it; only the
+        first call counts. An unknown outcome is a ``ValueError``; past that it never raises:
+        tracking must not hide the trial's own outcome."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"finish({outcome!r}): a trial ends as one of {sorted(OUTCOMES)}")
         if self._tracker is None or self._finished:
             return
         self._finished = True
         try:
-            tags = {"s2ap.outcome": OUTCOMES[status]}
+            tags = {TAG_OUTCOME: outcome}
             if error is not None:
                 tags["s2ap.error"] = f"{type(error).__name__}: {error}"[:4000]
             self._tracker.set_tags(tags)
-            self._tracker.finish(status)
+            self._tracker.finish(OUTCOMES[outcome])
         except Exception:
             _log.exception("could not finish the MLflow run of trial %s", self._tracker.trial_id)

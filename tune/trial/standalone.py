@@ -57,7 +57,16 @@ def _check_output(out: Path, *, resume: bool, force: bool) -> None:
 
 
 def _check_inputs(cfg: RunConfig, device: str | None) -> None:
-    """What the run reads besides the config: the device it asks for, the dense model."""
+    """What the run reads besides the config: the data (files, options, the validation split:
+    :mod:`s2ap.data.checks`), the device it asks for, the dense model."""
+    from s2ap.data.checks import DataCheckError, check_data
+
+    try:
+        download_into = check_data(cfg.data)
+    except DataCheckError as exc:
+        raise ConfigError(str(exc)) from None
+    if download_into is not None:
+        check_writable_folder(download_into, "data.root (the download goes there)")
     try:
         resolve_device(device or cfg.device)
     except RuntimeError as exc:

@@ -45,6 +45,7 @@ from tune.trial.pipelines import (
     selected_masks_and_weights,
 )
 from tune.trial.recorder import TrialRecorder, trial_params, trial_run_name, trial_tags
+from tune.trial.worker_exit import exit_quietly_on_sigterm
 
 __all__ = ["PRUNE_METRICS", "S2APTrainable"]
 
@@ -63,6 +64,9 @@ class S2APTrainable(tune.Trainable):
     def setup(self, config: dict[str, Any]) -> None:
         # One INFO line per epoch checkpoint, forwarded to the driver: noise in a study's output.
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+        # "Trainable.setup took N seconds ... consider setting reuse_actors=True" after every
+        # slow start (imports on a busy machine), even with reused actors: noise too.
+        logging.getLogger("ray.tune.trainable.trainable").setLevel(logging.WARNING)
         times = StepTimes()
         # The worker's own start-up and the imports that unpickling this class paid.
         times.since("worker_start", process_start_time())
@@ -102,7 +106,7 @@ class S2APTrainable(tune.Trainable):
             )
         except BaseException as exc:
             with best_effort("recording the trial's failure in MLflow"):
-                self._open_recorder().finish("FAILED", error=exc)
+                self._open_recorder().finish("error", error=exc)
             raise
         self._setup_times: dict[str, float] | None = dict(times)
 
@@ -145,12 +149,12 @@ class S2APTrainable(tune.Trainable):
         if self.done:
             # Restored from the final checkpoint of a finished trial (its end was not in the
             # experiment snapshot of a killed driver): nothing left to run; its run is closed.
-            self._recorder.finish("FINISHED")
+            self._recorder.finish("completed")
             return {RESULT_DUPLICATE: True, "done": True}
         try:
             return self._epoch()
         except BaseException as exc:
-            self._recorder.finish("FAILED", error=exc)
+            self._recorder.finish("error", error=exc)
             raise
 
     def _epoch(self) -> dict[str, Any]:
@@ -180,7 +184,11 @@ class S2APTrainable(tune.Trainable):
     def _timing(self, times: StepTimes) -> dict[str, Any]:
         """This epoch's :data:`TIMING_KEY` record: its steps, the checkpoint written after the
         previous epoch, and (first result after a set-up) the set-up's steps."""
-        timing: dict[str, Any] = {**times, "checkpoint_s": self._checkpoint_s}
+        timing: dict[str, Any] = {
+            **times,
+            "checkpoint_s": self._checkpoint_s,
+            "mlflow_queued": self._recorder.queued_writes,  # failed over to the outbox, so far
+        }
         if self._setup_times is not None:
             timing["setup"], self._setup_times = self._setup_times, None
         return timing
@@ -199,7 +207,7 @@ class S2APTrainable(tune.Trainable):
         if self._ctx.test_eval is not None:
             self._test = evaluate_pipelines(self.pipelines, self._ctx.test_eval)
             self._recorder.log_test(self._test, step=epoch)
-        self._recorder.finish("FINISHED")
+        self._recorder.finish("completed")
 
     def _mask_header(self, seed: int, name: str, epoch: int) -> dict[str, Any]:
         return seed_mask_header(
@@ -228,6 +236,7 @@ class S2APTrainable(tune.Trainable):
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         start = time.perf_counter()
+        self._recorder.spill()  # what this checkpoint covers is in MLflow or in the outbox
         self._save(checkpoint_dir)
         self._checkpoint_s = time.perf_counter() - start
 
@@ -270,9 +279,13 @@ class S2APTrainable(tune.Trainable):
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         # The previous trial ended here: completed (already finished) or stopped early. (A
         # trial this actor never stepped has no open run here: the recorder does nothing.)
-        self._recorder.finish("FINISHED" if self.done else "KILLED")
+        # Stopped early is a normal end (FINISHED); an interrupt is settled by the driver.
+        self._recorder.finish("completed" if self.done else "stopped_early")
         self._start(new_config, StepTimes())
         return True
 
     def cleanup(self) -> None:
-        self._recorder.finish("FINISHED" if self.done else "KILLED")
+        self._recorder.finish("completed" if self.done else "stopped_early")
+        # Tune is done with this actor: the raylet's SIGTERM must not raise SystemExit into
+        # the worker's exit path (a traceback on the driver; tune.trial.worker_exit).
+        exit_quietly_on_sigterm()
