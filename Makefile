@@ -36,6 +36,7 @@ test: install postgres
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint docker/Dockerfile
 
 format: install
@@ -53,7 +54,7 @@ bench: install
 	$(PY) benchmarks/prune_step.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
 
 # ---- Containers (docker/): the image, its base, PostgreSQL, the cluster test ----------------------
 # docker/host.sh installs Docker (Debian's docker.io, docker-compose) when missing and starts a

@@ -131,13 +131,13 @@ class _RatedMaskedWeight(torch.autograd.Function):
     """``weight * mask``; straight-through gradients to the scores and to the layer's rate."""
 
     @staticmethod
-    def forward(ctx, weight: Tensor, scores: Tensor, rate: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, weight: Tensor, scores: Tensor, rate: Tensor, mask: Tensor) -> Tensor:
         ctx.save_for_backward(weight, scores, mask)
         ctx.rate_dtype = rate.dtype
         return weight * mask
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         weight, scores, mask = ctx.saved_tensors
         grad_mask = grad * weight  # dL/dm, for kept and pruned entries alike
         grad_weight = grad * mask if ctx.needs_input_grad[0] else None

@@ -24,7 +24,7 @@ import copy
 import fnmatch
 import math
 from collections.abc import Callable, Hashable, Iterable
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -57,12 +57,12 @@ class _MaskedWeight(torch.autograd.Function):
     """``weight * mask`` with the straight-through gradient to the scores."""
 
     @staticmethod
-    def forward(ctx, weight: Tensor, scores: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, weight: Tensor, scores: Tensor, mask: Tensor) -> Tensor:
         ctx.save_for_backward(weight, scores, mask)
         return weight * mask
 
     @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
+    def backward(ctx, grad: Tensor):
         weight, scores, mask = ctx.saved_tensors
         grad_weight = grad * mask if ctx.needs_input_grad[0] else None
         grad_scores = grad * weight * torch.sign(scores) if ctx.needs_input_grad[1] else None
@@ -158,7 +158,7 @@ class MaskedLayer(nn.Module):
         mask = self._mask_float
         assert mask is not None and self._masking is not None
         if _EFFECTIVE_ONLY.active or not torch.is_grad_enabled():
-            return self._cached_effective_weight()
+            return self._cached_effective_weight(mask)
         host = self._masking.host
         # Learned kept counts (HARP's rates) take their gradient through the straight-through
         # path too, so it is needed while they train even with the scores frozen.
@@ -166,13 +166,14 @@ class MaskedLayer(nn.Module):
             return host.straight_through(self, mask)
         if self.weight.requires_grad:
             return self.weight * mask
-        return self._cached_effective_weight()
+        return self._cached_effective_weight(mask)
 
-    def _cached_effective_weight(self) -> Tensor:
-        key = (self._weight_key(), self._mask_key, id(self._mask_float))
+    def _cached_effective_weight(self, mask: Tensor) -> Tensor:
+        """``weight * mask`` without a graph, cached; ``mask`` is the current ``_mask_float``."""
+        key = (self._weight_key(), self._mask_key, id(mask))
         if self._effective is None or self._effective_key != key:
             with torch.no_grad():
-                self._effective = self.weight * self._mask_float
+                self._effective = self.weight * mask
             self._effective_key = key
         return self._effective
 
@@ -234,7 +235,10 @@ def select_weights_eagerly() -> None:
     """
     global _weights_selected_eagerly
     if not _weights_selected_eagerly:
-        MaskedLayer.masked_weight = torch.compiler.disable(MaskedLayer.masked_weight)
+        # A deliberate patch of the method with its wrapped self (mypy forbids it by default).
+        MaskedLayer.masked_weight = torch.compiler.disable(  # type: ignore[method-assign]
+            MaskedLayer.masked_weight
+        )
         _weights_selected_eagerly = True
 
 
@@ -264,8 +268,9 @@ _MASKED_TYPES: dict[type[nn.Module], type[MaskedLayer]] = {
 def _to_masked(layer: nn.Module) -> MaskedLayer:
     """Swap the class of ``layer`` in place: same parameters, same hooks, plus scores."""
     layer.__class__ = _MASKED_TYPES[type(layer)]
-    layer._init_masked()  # type: ignore[attr-defined]
-    return layer  # type: ignore[return-value]
+    masked = cast(MaskedLayer, layer)  # what the class swap made it
+    masked._init_masked()
+    return masked
 
 
 def _fan_in(weight: Tensor) -> int:
@@ -398,7 +403,8 @@ class ScoreMasking:
                 layer.scores.copy_(_SCORE_INITS[score_init](layer.weight.detach(), generator))
                 object.__setattr__(layer, "_masking", self)
         self.model = model
-        model._s2ap_masking = self  # type: ignore[attr-defined]
+        # torch annotates Module.__setattr__'s value as Tensor | Module; any object is stored.
+        model._s2ap_masking = self  # type: ignore[assignment]
         self.host = host if host is not None else HydraHost()
         self._kept: dict[str, int] = {}  # the kept count each live layer's mask was made with
         self._counts_version: Hashable = None  # the host's counts_version() at the last refresh
@@ -549,7 +555,8 @@ class ScoreMasking:
                     module.__dict__.pop(attr, None)
                 module.__dict__.pop("_effective_key", None)
                 module.__dict__.pop("_masking", None)
-                module.__class__ = next(k for k, v in _MASKED_TYPES.items() if v is type(module))
+                plain: nn.Module = module  # the class swap leaves MaskedLayer
+                plain.__class__ = next(k for k, v in _MASKED_TYPES.items() if v is type(module))
         dense.__dict__.pop("_s2ap_masking", None)
         for p in dense.parameters():
             p.requires_grad_(True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -145,6 +146,11 @@ def score_sharpness(
     return float(perturbed - base)
 
 
+def _joint_norm(tensors: Sequence[Tensor]) -> Tensor:
+    """The 2-norm of non-empty ``tensors`` taken as one vector."""
+    return torch.sqrt(cast(Tensor, sum((t * t).sum() for t in tensors)))
+
+
 def hessian_top_eigenvalue(
     loss_fn: Callable[[], Tensor],
     params: Sequence[Tensor],
@@ -164,13 +170,13 @@ def hessian_top_eigenvalue(
     grads = torch.autograd.grad(loss, params, create_graph=True)
     generator = torch.Generator().manual_seed(seed)
     v = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
-    norm = torch.sqrt(sum((t * t).sum() for t in v))
+    norm = _joint_norm(v)
     v = [t / norm for t in v]
     eig = 0.0
     for _ in range(iters):
         hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
         new = float(sum((a * b).sum() for a, b in zip(hv, v)))
-        norm = torch.sqrt(sum((t * t).sum() for t in hv))
+        norm = _joint_norm(hv)
         if float(norm) == 0.0:
             return 0.0
         v = [t.detach() / norm for t in hv]

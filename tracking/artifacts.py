@@ -30,6 +30,7 @@ import os
 import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -326,6 +327,7 @@ def load_masks(path: str | os.PathLike[str]) -> tuple[Masks, dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 # state dicts
 
+_safetensors_torch: ModuleType | None
 try:  # optional: safer and faster than torch.save when available
     import safetensors.torch as _safetensors_torch
 except ImportError:  # pragma: no cover - depends on the environment

@@ -342,6 +342,7 @@ def register_best_model(
     run = _trial_run(client, experiment.experiment_id, trial_id)
     found = _version_of_run(client, study_name, run.info.run_id)
     created = found is None
+    model_id: str | None
     if found is None:
         found, model_id = _new_version(
             client, run, study_name, run_config, input_spec, metrics or {}, input_example

@@ -16,6 +16,7 @@ This module holds the study's experiment and run (:class:`StudyTracker`); a tria
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -122,7 +123,7 @@ class StudyTracker(RunWriter):
         self.resumed = False
 
     @property
-    def run_id(self) -> str:  # type: ignore[override]
+    def run_id(self) -> str:
         if self.parent_run_id is None:
             raise RuntimeError("StudyTracker.start() has not been called yet")
         return self.parent_run_id
@@ -169,7 +170,9 @@ class StudyTracker(RunWriter):
         for key, value in self.experiment_tags.items():
             if exp.tags.get(key) != value:
                 self._call(
-                    lambda k=key, v=value: self._client.set_experiment_tag(exp.experiment_id, k, v),
+                    functools.partial(
+                        self._client.set_experiment_tag, exp.experiment_id, key, value
+                    ),
                     "set_experiment_tag",
                 )
         return exp.experiment_id
@@ -198,13 +201,20 @@ class StudyTracker(RunWriter):
             self.log_text(self.study_text, "study.yaml")
         return self.run_id
 
+    def _started(self) -> tuple[str, str]:
+        """(experiment id, parent run id); a RuntimeError before :meth:`start`."""
+        run_id = self.run_id
+        assert self.experiment_id is not None  # start() sets it before the run
+        return self.experiment_id, run_id
+
     def trial_context(self) -> dict[str, str]:
         """Plain data a Ray trial needs to open its run: ``TrialTracker.open(**ctx, ...)``."""
+        experiment_id, run_id = self._started()
         return {
             "tracking_uri": self.tracking_uri,
             "experiment_name": self.study_name,
-            "experiment_id": self.experiment_id,
-            "parent_run_id": self.run_id,
+            "experiment_id": experiment_id,
+            "parent_run_id": run_id,
             "storage_root": str(self.storage_root),
         }
 
@@ -218,9 +228,10 @@ class StudyTracker(RunWriter):
 
     def trials(self) -> list[dict[str, Any]]:
         """Summaries of this study's trial runs: trial_id, run_id, status, params, metrics, tags."""
-        flt = f"tags.`{TAG_PARENT}` = '{self.run_id}' AND tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'"
+        experiment_id, run_id = self._started()
+        flt = f"tags.`{TAG_PARENT}` = '{run_id}' AND tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'"
         runs = self._call(
-            lambda: list(search_all_runs(self._client, [self.experiment_id], flt)),
+            lambda: list(search_all_runs(self._client, [experiment_id], flt)),
             "search_runs(trials)",
         )
         return [
@@ -237,7 +248,7 @@ class StudyTracker(RunWriter):
 
     def log_study_plots(
         self,
-        trials: list[Mapping[str, Any]] | None = None,
+        trials: Sequence[Mapping[str, Any]] | None = None,
         *,
         metric: str = PRIMARY_METRIC,
         hyperparameters: tuple[str, ...] = ("rho", "ascent_steps"),

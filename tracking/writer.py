@@ -19,10 +19,12 @@ the trial calls it when it checkpoints, so a worker that dies after a checkpoint
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,8 @@ __all__ = ["TERMINAL_STATUSES", "ParamConflictError", "RunWriter"]
 _log = logging.getLogger(__name__)
 
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
+#: Seconds writes to a local (sqlite) store stay queued before the user is told.
+LOCK_WARN_S = 60.0
 
 
 class ParamConflictError(ValueError):
@@ -73,6 +77,7 @@ class RunWriter:
         self._outbox = Outbox(self.storage_root, key)
         self._lock = threading.RLock()
         self._warned_outage = False
+        self._queued_since: float | None = None
         self._finished = False
         self._params = {}
         #: Writes that failed over to the outbox (an outage, a locked store): counted for the
@@ -220,7 +225,7 @@ class RunWriter:
         runs = self._search(experiment_id, flt, what)
         for extra in runs[1:]:
             _log.warning("%s: deleting duplicate run %s", what, extra.info.run_id)
-            self._call(lambda r=extra: self._client.delete_run(r.info.run_id), "delete_run")
+            self._call(functools.partial(self._client.delete_run, extra.info.run_id), "delete_run")
         return runs[0].info.run_id
 
     def _reopen(self, run: Any, params: Mapping[str, Any]) -> None:
@@ -261,6 +266,8 @@ class RunWriter:
             if not is_transient(exc):
                 raise
         empty = not self._outbox.path.exists()
+        if empty:
+            self._queued_since = None
         if empty and self._warned_outage:
             _log.warning("MLflow at %s is back; sent the queued operations", self.tracking_uri)
             self._warned_outage = False
@@ -269,7 +276,14 @@ class RunWriter:
     def _queue(self, op: dict[str, Any], error: BaseException | None) -> None:
         self._outbox.append(op, self.tracking_uri)
         self.queued_writes += 1
-        if not self._warned_outage:
+        now = time.monotonic()
+        if self._queued_since is None:
+            self._queued_since = now
+        # A shared sqlite file is locked by another trial's write now and then: the outbox
+        # absorbs that in a moment, nothing for the user to see. A server that does not answer,
+        # or a lock that lasts, is worth a line.
+        lasting = now - self._queued_since >= LOCK_WARN_S
+        if not self._warned_outage and (is_http(self.tracking_uri) or lasting):
             _log.warning(
                 "MLflow at %s unavailable (%s); queueing writes in %s until it is back",
                 self.tracking_uri,

@@ -74,10 +74,9 @@ def _decode_file(path: str, channels: int, size: tuple[int, int]) -> np.ndarray:
     """One image as a uint8 [C, H, W] array (a view), the pixels of :meth:`FileList.decode`."""
     from PIL import Image
 
-    with Image.open(path) as img:
+    with Image.open(path) as file:
         mode = "L" if channels == 1 else "RGB"
-        if img.mode != mode:
-            img = img.convert(mode)
+        img = file if file.mode == mode else file.convert(mode)
         if (img.height, img.width) != size:
             raise ValueError(
                 f"image {path} is {img.width}x{img.height} but the dataset's images are "

@@ -193,8 +193,8 @@ class FileList:
         """Image ``i`` as a uint8 [C, H, W] tensor."""
         from PIL import Image
 
-        with Image.open(self.paths[i]) as img:
-            img = img.convert("L" if self.channels == 1 else "RGB")
+        with Image.open(self.paths[i]) as file:
+            img = file.convert("L" if self.channels == 1 else "RGB")
             if (img.height, img.width) != self.size:
                 raise ValueError(
                     f"image {self.paths[i]} is {img.width}x{img.height} but the dataset's images "

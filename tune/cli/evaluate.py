@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from typing import Any
 
 from tune.cli.common import POSITIVE_INT, Command, add_study_arguments, load_study_args
@@ -22,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpu", action="store_true", help="evaluate on the CPU even with a GPU")
 
 
-def _pick(study: Any, trial: str | None) -> dict[str, Any]:
+def _pick(study: Any, trial: str | None) -> Mapping[str, Any]:
     """The row of ``--trial``, or the best trial's; it must have a checkpoint."""
     from tune.results.trials import best_trial, read_trial_rows
 
@@ -34,9 +35,10 @@ def _pick(study: Any, trial: str | None) -> dict[str, Any]:
             raise UserError(f"--trial {trial}: no such trial in {study.name} ({ids})")
         row = chosen[0]
     else:
-        row = best_trial(study, rows)
-        if row is None:
+        best = best_trial(study, rows)
+        if best is None:
             raise UserError(f"study {study.name} has no completed trial; pass --trial ID")
+        row = best
     if not row.get("checkpoint"):
         raise UserError(f"trial {row['trial_id']} has no checkpoint")
     return row

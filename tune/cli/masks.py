@@ -114,7 +114,7 @@ def _load_checkpoint_state(path: Path) -> dict[str, Any]:
     from tracking.artifacts import load_state_dict
 
     try:
-        state = load_state_dict(path)
+        state: dict[str, Any] = load_state_dict(path)  # a .pt file may hold a wrapper dict
     except Exception as exc:
         raise UserError(f"--checkpoint {path}: not a state dict ({exc})") from None
     for key in ("state_dict", "model"):  # common wrappers

@@ -144,8 +144,9 @@ def _node_args(node: NodeOptions) -> list[str]:
     for name in ("num_cpus", "num_gpus"):
         if node.get(name) is not None:
             argv.append(f"--{name.replace('_', '-')}={node[name]}")
-    if node.get("resources") is not None:
-        argv.append(f"--resources={_resources_json(node['resources'])}")
+    resources = node.get("resources")
+    if resources is not None:
+        argv.append(f"--resources={_resources_json(resources)}")
     if node.get("object_store_memory") is not None:
         argv.append(f"--object-store-memory={node['object_store_memory']}")
     return argv
@@ -154,9 +155,10 @@ def _node_args(node: NodeOptions) -> list[str]:
 def _node_tail(node: NodeOptions, *command_flags: str) -> list[str]:
     """The flags every node command ends with, around the command's own last flags."""
     argv: list[str] = []
-    if node.get("dashboard_agent_listen_port") is not None:
-        _check_port("dashboard_agent_listen_port", node["dashboard_agent_listen_port"])
-        argv.append(f"--dashboard-agent-listen-port={node['dashboard_agent_listen_port']}")
+    agent_port = node.get("dashboard_agent_listen_port")
+    if agent_port is not None:
+        _check_port("dashboard_agent_listen_port", agent_port)
+        argv.append(f"--dashboard-agent-listen-port={agent_port}")
     argv += command_flags
     if node["disable_usage_stats"]:
         argv.append("--disable-usage-stats")

@@ -15,6 +15,7 @@ nothing and says why; the study's results are not affected.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import IO, Any
 
 from tune.common.console import warn
@@ -43,7 +44,9 @@ def _spec_and_example(run_config: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     return spec, images.detach().cpu().float().numpy()
 
 
-def _version_metrics(best: dict[str, Any], test: dict[str, Any] | None) -> dict[str, float | None]:
+def _version_metrics(
+    best: Mapping[str, Any], test: dict[str, Any] | None
+) -> dict[str, float | None]:
     """The numbers a version is tagged with: the trial's validation metrics, its test numbers."""
     numbers: dict[str, float | None] = dict(best.get("metrics") or {})
     for key, value in (test or {}).items():
@@ -55,7 +58,7 @@ def _version_metrics(best: dict[str, Any], test: dict[str, Any] | None) -> dict[
 def register_best_model(
     study: Study,
     tracking_uri: str,
-    best: dict[str, Any] | None,
+    best: Mapping[str, Any] | None,
     test: dict[str, Any] | None,
     out: IO[str],
 ) -> dict[str, Any] | None:

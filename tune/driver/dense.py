@@ -89,7 +89,8 @@ def _pretrain_once(study: Study, key: str, path: Path, out: IO[str]) -> None:
     )
     task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0)(pretrain_dense)
     records = ray.get(
-        task.remote(
+        # Ray's stubs type .remote() by positional parameters only; keywords pass through.
+        task.remote(  # type: ignore[call-arg]
             cfg.model_dump(mode="json"),
             str(path),
             gpu=res.gpu,

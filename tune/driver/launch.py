@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import sys
+import threading
 import time
 from typing import IO, TYPE_CHECKING, Any
 
@@ -309,14 +310,28 @@ def _summarise(
     printout."""
     from tune.common.timings import study_timings
     from tune.driver.best_model import register_best_model
-    from tune.results.summary import build_summary, print_summary, record_summary, write_summary
+    from tune.results.summary import (
+        build_summary,
+        plot_study,
+        print_summary,
+        record_summary,
+        write_summary,
+    )
     from tune.results.trials import best_trial
 
     study, times = launch.study, launch.times
     best = best_trial(study, rows)
+    # The study run's plots need only the trial runs: drawn while the best trial is evaluated
+    # (matplotlib in one thread, torch in the other; seconds off every study's end).
+    plots = threading.Thread(
+        target=plot_study, args=(tracker, study, trial_runs), name="s2ap-plots", daemon=True
+    )
+    plots.start()
     test = _test_numbers(launch, tracker, best)
     with times.step("model_registry"):  # models:/<study>@best (tune.driver.best_model)
         model = register_best_model(study, launch.tracking_uri, best, test, launch.out)
+    with times.step("plots_wait"):
+        plots.join()
     with times.step("summary"):
         summary = build_summary(
             study,
@@ -330,6 +345,6 @@ def _summarise(
         summary["timings"] = study_timings(times, study.experiment_dir, fit_start)
         write_summary(study, summary)
     with times.step("study_run_records"):
-        record_summary(tracker, study, summary, trial_runs=trial_runs)
+        record_summary(tracker, study, summary)
         print_summary(study, summary, launch.out)
     return summary

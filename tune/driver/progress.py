@@ -57,6 +57,7 @@ _CHATTY_LOGGERS = (
     "mlflow.pyfunc",  # "Validating input example against model signature" (best model)
     # Optuna resets its root logger's level on import, so its children are set instead.
     "optuna.storages._rdb.storage",  # "A new study created in RDB with name: ..."
+    "optuna.storages.journal._storage",  # "A new study created in Journal with name: ..."
     "optuna.study.study",
     "optuna.study._tell",
 )
@@ -273,7 +274,14 @@ class StudyProgress(Callback):
 
     # --- Tune callback hooks ------------------------------------------------------------------
     @_never_raises
-    def setup(self, total_num_samples: int | None = None, **info: Any) -> None:
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
+        """Ray's ``Callback.setup`` signature (it passes keywords); only the total is used."""
         self._reset()
         if total_num_samples is not None and 0 < total_num_samples < sys.maxsize:
             self._total = int(total_num_samples)

@@ -128,7 +128,8 @@ class StudySearcher(Searcher):
         self.searcher.restore(checkpoint_path)
 
     # --- suggestions --------------------------------------------------------------------------
-    def suggest(self, trial_id: str) -> dict | str | None:
+    # Ray annotates ``Optional[Dict]`` but documents and handles ``Searcher.FINISHED`` too.
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
         return self._timed(self._suggest, trial_id)
 
     def _suggest(self, trial_id: str) -> dict | str | None:
@@ -208,9 +209,12 @@ def make_sampler(cfg: SearcherConfig, space: SearchSpace) -> Any:
     import optuna
 
     s = optuna.samplers
-    seed = {"seed": cfg.seed}
-    startup = {} if cfg.n_startup_trials is None else {"n_startup_trials": cfg.n_startup_trials}
-    quiet = {"warn_independent_sampling": False}
+    # Keyword sets shared by several samplers (each sampler's own types differ: typed loosely).
+    seed: dict[str, Any] = {"seed": cfg.seed}
+    startup: dict[str, Any] = (
+        {} if cfg.n_startup_trials is None else {"n_startup_trials": cfg.n_startup_trials}
+    )
+    quiet: dict[str, Any] = {"warn_independent_sampling": False}
     group = cfg.multivariate and space.has_branches
     factories: dict[str, Callable[[], Any]] = {
         # constant_liar: trials still running count as bad draws, so concurrent trials spread

@@ -93,8 +93,8 @@ def _seed_group(rows: Sequence[TrialRow], row: TrialRow) -> list[TrialRow]:
 
 def _mean_spread(group: Sequence[TrialRow], metric: str) -> tuple[float | None, int, float | None]:
     """(mean, number of seeds, std over seeds) of ``metric`` over a seed group."""
-    values = [r["metrics"].get(metric) for r in group]
-    values = [v for v in values if v is not None]
+    found = [r["metrics"].get(metric) for r in group]
+    values = [v for v in found if v is not None]
     if not values:
         return None, 0, None
     if len(values) > 1:

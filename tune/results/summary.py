@@ -22,6 +22,7 @@ __all__ = [
     "TABLE_ROWS",
     "build_summary",
     "format_trials_table",
+    "plot_study",
     "print_summary",
     "record_summary",
     "update_timings",
@@ -136,16 +137,9 @@ def update_timings(study: Study, summary: dict[str, Any], steps: Mapping[str, fl
     write_summary(study, summary)
 
 
-def record_summary(
-    tracker: Any,
-    study: Study,
-    summary: dict[str, Any],
-    *,
-    trial_runs: list[dict[str, Any]] | None = None,
-) -> None:
+def record_summary(tracker: Any, study: Study, summary: dict[str, Any]) -> None:
     """The study run gets the best trial (its id as ``TAG_BEST_TRIAL_ID``, ``best/*`` metrics,
-    ``s2ap.best.*`` tags), ``summary.json`` and the study's scatter plots (over ``trial_runs``,
-    :meth:`tracking.runs.StudyTracker.trials`; ``None``: read them from MLflow)."""
+    ``s2ap.best.*`` tags) and ``summary.json`` (the plots: :func:`plot_study`)."""
     from tracking.client import TAG_BEST_TRIAL_ID
     from tune.results.comparison import comparison_record, comparison_tags
 
@@ -163,6 +157,11 @@ def record_summary(
         # Tags, not params: a resumed study may pick another best trial.
         tracker.set_tags({f"s2ap.best.{k}": v for k, v in best["config"].items()})
     tracker.log_artifact(study.summary_json)
+
+
+def plot_study(tracker: Any, study: Study, trial_runs: list[dict[str, Any]] | None) -> None:
+    """The study run's scatter plots of the objective against each searched parameter (over
+    ``trial_runs``; ``None``: read them from MLflow); a failure is logged, never raised."""
     with best_effort("plotting the study"):
         tracker.log_study_plots(
             trial_runs, hyperparameters=tuple(k.split(".")[-1] for k in study.space.keys)

@@ -142,8 +142,9 @@ def pareto_front(study: Study, rows: Iterable[TrialRow]) -> list[str]:
     points = []
     for r in rows:
         values = [r["metrics"].get(o.metric) for o in objs]
-        if r["completed"] and all(v is not None for v in values):
-            signed = [v if o.mode == "max" else -v for v, o in zip(values, objs)]
+        known = [v for v in values if v is not None]
+        if r["completed"] and len(known) == len(values):
+            signed = [v if o.mode == "max" else -v for v, o in zip(known, objs)]
             points.append((r["trial_id"], signed))
 
     def dominated(a: list[float], b: list[float]) -> bool:

@@ -221,7 +221,7 @@ class Study:
 
 def optuna_journal(path: str | Path) -> Any:
     """An Optuna journal storage in the file ``path`` (created on first write)."""
-    import optuna
+    import optuna.storages.journal
 
     backend = optuna.storages.journal.JournalFileBackend(str(path))
     return optuna.storages.JournalStorage(backend)
@@ -264,7 +264,7 @@ def load_study(
         settings=settings,
         run_config=run_config,
         space=space,
-        storage_root=Path(_resolve(base_folder, settings.storage_root) or ""),
+        storage_root=Path(_resolve(base_folder, settings.storage_root)),
         text=text,
     )
 
@@ -328,9 +328,7 @@ def _validate_run_config(run_raw: dict[str, Any], source: str) -> RunConfig:
         raise StudyError(format_validation_error(exc, source)) from None
 
 
-def _resolve(folder: Path, value: str | None) -> str | None:
-    if value is None:
-        return None
+def _resolve(folder: Path, value: str) -> str:
     p = Path(value).expanduser()
     return str(p if p.is_absolute() else (folder / p).resolve())
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ray import tune
 from ray.tune.result import RESULT_DUPLICATE
@@ -46,6 +46,9 @@ from tune.trial.pipelines import (
 )
 from tune.trial.recorder import TrialRecorder, trial_params, trial_run_name, trial_tags
 from tune.trial.worker_exit import exit_quietly_on_sigterm
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["PRUNE_METRICS", "S2APTrainable"]
 
@@ -225,10 +228,12 @@ class S2APTrainable(tune.Trainable):
             return
         for i, (seed, pipeline) in enumerate(zip(self._seeds, self.pipelines)):
             artifact = name if i == 0 else f"{name}-seed{seed}"
+            weights: dict[str, Tensor] | None
             if selected_model:
                 masks, weights = selected_masks_and_weights(pipeline)
                 epoch = int(pipeline.best.get("epoch", pipeline.global_epoch))
             else:  # the mask the prune phase ended with
+                assert pipeline.prune_masks is not None  # set when the prune phase ends
                 masks, weights, epoch = pipeline.prune_masks, None, pipeline.global_epoch
             self._recorder.log_masks(masks, self._mask_header(seed, name, epoch), artifact)
             if weights is not None:
