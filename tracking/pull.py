@@ -36,6 +36,7 @@ from tracking.client import (
     TAG_OUTCOME,
     TAG_ROLE,
     TAG_TRIAL_ID,
+    filter_quote,
     is_completed_run,
     make_client,
     resolve_tracking_uri,
@@ -165,6 +166,21 @@ def study_run(client: MlflowClient, experiment_id: str) -> Any | None:
     return runs[0] if runs else None
 
 
+def _tagged_trial(
+    client: MlflowClient, experiment_id: str, trial_id: str | None, metric: str
+) -> dict[str, Any]:
+    """``{trial_id: its completed run}`` when that run exists and logged ``metric``, else {}."""
+    if not trial_id:
+        return {}
+    flt = (
+        f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}' AND "
+        f"tags.`{TAG_TRIAL_ID}` = {filter_quote(trial_id)}"
+    )
+    runs = [r for r in search_all_runs(client, [experiment_id], flt) if is_completed_run(r)]
+    runs = [r for r in runs if metric in r.data.metrics]
+    return {trial_id: max(runs, key=lambda r: r.info.end_time or 0)} if runs else {}
+
+
 def _select(finished: dict[str, Any], objectives: list[Objective], tagged: str | None) -> Any:
     """The tagged trial's run if it finished with a value, else the best on ``objectives``."""
     if tagged in finished and objectives[0].metric in finished[tagged].data.metrics:
@@ -191,7 +207,6 @@ def find_best_trial(
         raise ValueError(f"mode={mode!r}: use 'max' or 'min'")
     client = _client(tracking_uri)
     exp = study_experiment(client, tracking_uri, study_name)
-    finished = _finished_trials(client, study_name, exp.experiment_id)
     parent = study_run(client, exp.experiment_id)
     study_tags = dict(parent.data.tags) if parent else {}
     own = study_objectives(study_tags)
@@ -201,7 +216,13 @@ def find_best_trial(
     )
     is_own = bool(own) and own[0] == requested
     objectives = own if is_own else [requested]
-    best = _select(finished, objectives, study_tags.get(TAG_BEST_TRIAL_ID) if is_own else None)
+    tagged = study_tags.get(TAG_BEST_TRIAL_ID) if is_own else None
+    # The study named its best trial: read that trial's runs only, not every run of a study
+    # that may hold thousands (the whole study is read when it did not, or asked otherwise).
+    finished = _tagged_trial(client, exp.experiment_id, tagged, objectives[0].metric)
+    if not finished:
+        finished = _finished_trials(client, study_name, exp.experiment_id)
+    best = _select(finished, objectives, tagged)
     if best is None:
         keys = sorted({k for r in finished.values() for k in r.data.metrics})
         raise NoFinishedTrialError(

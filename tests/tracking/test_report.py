@@ -563,8 +563,10 @@ def test_sections_per_setting_hosts_and_prune_only_sweep(
     assert text.index("## CIFAR-10 (JPEG re-encoding), vgg6_narrow") < text.index(
         "## digits (scikit-learn 8x8), small_cnn"
     )
-    # the random arm has no ascent steps; the sweep table shows validation, no test columns
+    # the random arm has no ascent steps; the test attack and AutoAttack's sample are named;
+    # the sweep table shows validation, no test columns
     assert "| AT | 0.9 | random (rho 0.1) | 3 |" in text
+    assert "| seeds | clean | PGD-20 | AutoAttack (1,000) |" in text
     assert "| rho | ascent steps | seeds | val robust, last prune epoch | Hamming" in text
     assert "| 0.1 | 1 | 1 | 34.0 |" in text
     assert "Best mean validation robust accuracy at the last prune epoch: S2AP (rho 0.1" in text

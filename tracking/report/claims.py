@@ -506,7 +506,13 @@ def _radius_matters(sweep: Cells) -> list[ClaimResult]:
         detail.append(
             f"{who}{steps} step(s): best rho {hi[1].rho:g} vs worst rho {lo[1].rho:g}: "
             f"{_pct(v.diff)} points (spread {_pct(v.noise).lstrip('+')}) -> "
-            + ("the radius matters" if v.verdict == SUPPORTS else "within the seed spread")
+            + (
+                "the radius matters"
+                if v.verdict == SUPPORTS
+                else "within the seed spread"
+                if min(v.a.n, v.b.n) > 1
+                else "one seed: no spread to judge by"
+            )
         )
     claim = (
         f"The radius rho changes {name} by more than the seed spread "

@@ -31,9 +31,9 @@ from tracking.report.figures import figure_hamming, figure_rho, figure_robust_vs
 from tracking.report.setting import SettingInfo, describe_setting
 from tracking.report.stats import CANNOT_TELL, REFUTES, SUPPORTS, mean_std
 from tracking.report.tables import (
-    ACCURACY_HEADER,
     LANDSCAPE_HEADER,
     TIME_HEADER,
+    accuracy_header,
     accuracy_table,
     hamming_table,
     has_test_numbers,
@@ -259,7 +259,7 @@ def _arm_sections(
     header, rows = hamming_table(cells)
     return _section_text(
         "arms.md",
-        accuracy_table=_lines(md_table(ACCURACY_HEADER, accuracy_table(cells))),
+        accuracy_table=_lines(md_table(accuracy_header(cells), accuracy_table(cells))),
         robust_vs_sparsity_figure=_figure_link(figures, f"{slug}/robust_vs_sparsity"),
         hamming_table=_lines(md_table(header, rows)),
         hamming_figure=_figure_link(figures, f"{slug}/hamming"),

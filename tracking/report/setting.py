@@ -128,8 +128,13 @@ def model_parameters(params: Mapping[str, str]) -> int | None:
 
 
 def _values(runs: Iterable[TrialRun], key: str) -> list[str]:
-    """The distinct values of param ``key`` over the runs that log it, in order."""
-    return list(dict.fromkeys(r.params[key] for r in runs if key in r.params))
+    """The distinct values of param ``key`` over the runs that log it, numbers in increasing
+    order, text in order of appearance."""
+    vals = list(dict.fromkeys(r.params[key] for r in runs if key in r.params))
+    try:
+        return sorted(vals, key=float)
+    except ValueError:
+        return vals
 
 
 def _num(text: str) -> str:

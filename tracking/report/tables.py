@@ -25,6 +25,7 @@ __all__ = [
     "LANDSCAPE_HEADER",
     "SWEEP_HEADER",
     "TIME_HEADER",
+    "accuracy_header",
     "accuracy_table",
     "hamming_table",
     "has_test_numbers",
@@ -81,6 +82,23 @@ def fmt_small(m: MeanStd) -> str:
     if m.n == 1:
         return f"{m.mean:#.3g}"
     return f"{m.mean:#.3g} ± {m.std:#.2g}"
+
+
+def accuracy_header(cells: Cells) -> list[str]:
+    """:data:`ACCURACY_HEADER` with the test attack and the image counts when the runs agree on
+    them: ``clean (10,000)``, ``PGD-20 (10,000)``, ``AutoAttack (1,000)``."""
+    runs = [r for rs in cells.values() for r in rs if "test_clean_acc" in r.metrics]
+
+    def one(values: set[str]) -> str | None:
+        return values.pop() if len(values) == 1 else None
+
+    n = one({f"{r.metrics['test_examples']:,.0f}" for r in runs if "test_examples" in r.metrics})
+    steps = one({r.params.get("evaluate.pgd_steps", "?") for r in runs})
+    aa = one({r.params.get("evaluate.autoattack_examples", "?") for r in runs})
+    clean = f"clean ({n})" if n else "clean"
+    pgd = (f"PGD-{steps}" if steps and steps != "?" else "PGD") + (f" ({n})" if n else "")
+    auto = f"AutoAttack ({int(aa):,})" if aa and aa.isdigit() else "AutoAttack"
+    return [*ACCURACY_HEADER[:4], clean, pgd, auto]
 
 
 def accuracy_table(cells: Cells) -> list[list[str]]:
