@@ -172,10 +172,7 @@ def _tagged_trial(
     """``{trial_id: its completed run}`` when that run exists and logged ``metric``, else {}."""
     if not trial_id:
         return {}
-    flt = (
-        f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}' AND "
-        f"tags.`{TAG_TRIAL_ID}` = {filter_quote(trial_id)}"
-    )
+    flt = f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}' AND tags.`{TAG_TRIAL_ID}` = {filter_quote(trial_id)}"
     runs = [r for r in search_all_runs(client, [experiment_id], flt) if is_completed_run(r)]
     runs = [r for r in runs if metric in r.data.metrics]
     return {trial_id: max(runs, key=lambda r: r.info.end_time or 0)} if runs else {}
