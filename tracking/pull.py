@@ -124,13 +124,17 @@ def study_objectives(study_tags: dict[str, str]) -> list[Objective]:
 
 
 def finished_trial_runs(
-    client: MlflowClient, experiment_id: str
+    client: MlflowClient, experiment_id: str, trial_id: str | None = None
 ) -> tuple[dict[str, Any], Counter[str]]:
     """The trial runs (``s2ap.role=trial``) of an experiment: trial id -> its completed run
     (:func:`tracking.client.is_completed_run`; the latest one if a restored trial has several),
     and how many of the other runs ended each way: their status (``RUNNING``, ``FAILED``,
-    ``KILLED``) or, for a FINISHED run that is not a result, its outcome (``stopped_early``)."""
-    trials = search_all_runs(client, [experiment_id], f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'")
+    ``KILLED``) or, for a FINISHED run that is not a result, its outcome (``stopped_early``).
+    ``trial_id`` reads that trial's runs only."""
+    flt = f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}'"
+    if trial_id:
+        flt += f" AND tags.`{TAG_TRIAL_ID}` = {filter_quote(trial_id)}"
+    trials = search_all_runs(client, [experiment_id], flt)
     finished: dict[str, Any] = {}
     unfinished: Counter[str] = Counter()
     for r in sorted(trials, key=lambda r: r.info.end_time or 0):
@@ -164,18 +168,6 @@ def study_run(client: MlflowClient, experiment_id: str) -> Any | None:
         max_results=1,
     )
     return runs[0] if runs else None
-
-
-def _tagged_trial(
-    client: MlflowClient, experiment_id: str, trial_id: str | None, metric: str
-) -> dict[str, Any]:
-    """``{trial_id: its completed run}`` when that run exists and logged ``metric``, else {}."""
-    if not trial_id:
-        return {}
-    flt = f"tags.`{TAG_ROLE}` = '{ROLE_TRIAL}' AND tags.`{TAG_TRIAL_ID}` = {filter_quote(trial_id)}"
-    runs = [r for r in search_all_runs(client, [experiment_id], flt) if is_completed_run(r)]
-    runs = [r for r in runs if metric in r.data.metrics]
-    return {trial_id: max(runs, key=lambda r: r.info.end_time or 0)} if runs else {}
 
 
 def _select(finished: dict[str, Any], objectives: list[Objective], tagged: str | None) -> Any:
@@ -216,8 +208,10 @@ def find_best_trial(
     tagged = study_tags.get(TAG_BEST_TRIAL_ID) if is_own else None
     # The study named its best trial: read that trial's runs only, not every run of a study
     # that may hold thousands (the whole study is read when it did not, or asked otherwise).
-    finished = _tagged_trial(client, exp.experiment_id, tagged, objectives[0].metric)
-    if not finished:
+    finished: dict[str, Any] = {}
+    if tagged:
+        finished, _ = finished_trial_runs(client, exp.experiment_id, trial_id=tagged)
+    if not any(objectives[0].metric in r.data.metrics for r in finished.values()):
         finished = _finished_trials(client, study_name, exp.experiment_id)
     best = _select(finished, objectives, tagged)
     if best is None:

@@ -503,16 +503,15 @@ def _radius_matters(sweep: Cells) -> list[ClaimResult]:
         verdicts.append(v.verdict)
         used += [rs for _, rs in items]
         who = "" if arm == "S2AP" else f"{arm}, "
+        if v.verdict == SUPPORTS:
+            reading = "the radius matters"
+        elif min(v.a.n, v.b.n) > 1:
+            reading = "within the seed spread"
+        else:
+            reading = "one seed: no spread to judge by"
         detail.append(
             f"{who}{steps} step(s): best rho {hi[1].rho:g} vs worst rho {lo[1].rho:g}: "
-            f"{_pct(v.diff)} points (spread {_pct(v.noise).lstrip('+')}) -> "
-            + (
-                "the radius matters"
-                if v.verdict == SUPPORTS
-                else "within the seed spread"
-                if min(v.a.n, v.b.n) > 1
-                else "one seed: no spread to judge by"
-            )
+            f"{_pct(v.diff)} points (spread {_pct(v.noise).lstrip('+')}) -> {reading}"
         )
     claim = (
         f"The radius rho changes {name} by more than the seed spread "

@@ -89,14 +89,16 @@ def accuracy_header(cells: Cells) -> list[str]:
     them: ``clean (10,000)``, ``PGD-20 (10,000)``, ``AutoAttack (1,000)``."""
     runs = [r for rs in cells.values() for r in rs if "test_clean_acc" in r.metrics]
 
-    def one(values: set[str]) -> str | None:
+    def one(values: set[str | None]) -> str | None:
+        """The value all runs agree on, else ``None``."""
         return values.pop() if len(values) == 1 else None
 
     n = one({f"{r.metrics['test_examples']:,.0f}" for r in runs if "test_examples" in r.metrics})
-    steps = one({r.params.get("evaluate.pgd_steps", "?") for r in runs})
-    aa = one({r.params.get("evaluate.autoattack_examples", "?") for r in runs})
-    clean = f"clean ({n})" if n else "clean"
-    pgd = (f"PGD-{steps}" if steps and steps != "?" else "PGD") + (f" ({n})" if n else "")
+    steps = one({r.params.get("evaluate.pgd_steps") for r in runs})
+    aa = one({r.params.get("evaluate.autoattack_examples") for r in runs})
+    count = f" ({n})" if n else ""
+    clean = f"clean{count}"
+    pgd = (f"PGD-{steps}" if steps else "PGD") + count
     auto = f"AutoAttack ({int(aa):,})" if aa and aa.isdigit() else "AutoAttack"
     return [*ACCURACY_HEADER[:4], clean, pgd, auto]
 
