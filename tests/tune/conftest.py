@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import shutil
@@ -120,9 +121,9 @@ def run_cli(
     )
 
 
-@pytest.fixture
-def ray_local() -> Iterator[Any]:
-    """A local Ray runtime with 2 CPUs under a short temp dir; shut down after the test."""
+@contextlib.contextmanager
+def _local_ray() -> Iterator[Any]:
+    """A local Ray runtime with 2 CPUs under a short temp dir; shut down on leaving."""
     import ray
 
     temp = short_tmp()
@@ -134,3 +135,17 @@ def ray_local() -> Iterator[Any]:
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_local() -> Iterator[Any]:
+    """A local Ray runtime for one test."""
+    with _local_ray() as ray:
+        yield ray
+
+
+@pytest.fixture(scope="module")
+def ray_module() -> Iterator[Any]:
+    """A local Ray runtime shared by a module's tests (ones that only need it to exist)."""
+    with _local_ray() as ray:
+        yield ray

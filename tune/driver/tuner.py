@@ -100,22 +100,23 @@ def _run_config(study: Study, verbose: int, out: IO[str] | None = None) -> Any:
     """Where the experiment lives, how trials checkpoint, how often a failed trial retries,
     what the console shows (:mod:`tune.driver.progress`).
 
-    Of Tune's per-result loggers only the JSON one (``result.json``, every result of a trial):
-    MLflow is the study's record, and the CSV and TensorBoard files cost the driver work on
+    Of Tune's per-result loggers only the JSON one (``result.json``, every result of a trial,
+    kept whole across a trial's restart: :mod:`tune.driver.result_log`): MLflow is the study's
+    record, and the CSV and TensorBoard files cost the driver work on
     every epoch of every trial (``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS``, set by the service).
     """
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
 
     from tune.driver.checkpoints import PruneFinishedCheckpoints
     from tune.driver.progress import ray_verbosity
+    from tune.driver.result_log import ResultLog
 
     settings = study.settings
     return tune.RunConfig(
         name=study.name,
         storage_path=str(study.storage_root),
         callbacks=[
-            JsonLoggerCallback(),
+            ResultLog(),
             PruneFinishedCheckpoints(settings.checkpoint.num_to_keep),
             *_output_callbacks(study, verbose, out),
         ],
