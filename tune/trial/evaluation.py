@@ -1,10 +1,10 @@
 """Test-set evaluation of a trial's selected model(s): at a trial's end (``test_eval.every_trial``),
 of the best trial after the search, or on demand (``s2ap evaluate``).
 
-After the search, a local runtime evaluates in the driver with a trial's CPU share (it already
-holds torch and the trial code; a Ray task would start a worker that imports them again and
-reloads the dataset, seconds per study); on a cluster, a Ray task with a trial's resources
-runs where Ray places it.
+After the search, a local runtime evaluates in the driver with all of the runtime's CPUs (the
+search is over: nothing else runs on them; the driver already holds torch and the trial code,
+where a Ray task would start a worker that imports them again and reloads the dataset); on a
+cluster, a Ray task with a trial's resources runs where Ray places it.
 
 The test set is never used for selection: these numbers go to MLflow, ``summary.json`` and the
 printout, never to Optuna or ASHA.
@@ -95,8 +95,18 @@ def evaluate_trial_checkpoint(
     return out
 
 
+def _runtime_cpus(default: float) -> float:
+    """The CPUs of the local Ray runtime (``--num-cpus``, else the machine's), ``default``
+    without one."""
+    import ray
+
+    if not ray.is_initialized():
+        return default
+    return float(ray.cluster_resources().get("CPU", default))
+
+
 def _in_this_process(cpus: float, **kwargs: Any) -> dict[str, Any]:
-    """:func:`evaluate_trial_checkpoint` here, with ``cpus`` threads (what Ray gives a task)."""
+    """:func:`evaluate_trial_checkpoint` here, with ``cpus`` torch threads."""
     import torch
 
     threads = torch.get_num_threads()
@@ -124,8 +134,8 @@ def evaluate_best_trial(
     in_driver: bool = True,
 ) -> dict[str, Any] | None:
     """The best trial's test numbers: recorded by the trial itself (``every_trial``), or
-    measured now (``in_driver``: in this process, else by a Ray task with a trial's resources)
-    and logged to the trial's run."""
+    measured now (``in_driver``: in this process with the local runtime's CPUs, else by a Ray
+    task with a trial's resources) and logged to the trial's run."""
     from tune.common.console import warn
     from tune.trial.checkpoint import read_test_numbers, read_trial_info
 
@@ -157,5 +167,5 @@ def evaluate_best_trial(
         "params": dict(read_trial_info(checkpoint).get("params") or {}),
     }
     if in_driver:
-        return _in_this_process(res.cpu, **kwargs)
+        return _in_this_process(_runtime_cpus(res.cpu), **kwargs)
     return _in_ray_task(res.cpu, res.gpu, **kwargs)
