@@ -225,7 +225,11 @@ def _test(study: Any, work: Path) -> dict[str, Any]:
     te = study.settings.test_eval
     update = {
         k: v
-        for k, v in {"autoattack": te.autoattack, "n_examples": te.n_examples}.items()
+        for k, v in {
+            "autoattack": te.autoattack,
+            "n_examples": te.n_examples,
+            "pgd_steps": te.pgd_steps,
+        }.items()
         if v is not None
     }
     cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update=update)})

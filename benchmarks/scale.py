@@ -184,8 +184,14 @@ def trial_figures(results: list[list[dict[str, Any]]], concurrency: int) -> dict
     """The theoretical minimum and the per-epoch MLflow figures, from the trials' results."""
     steps = [r.get("timing", {}).get("step_s", 0.0) for rs in results for r in rs]
     logs = [r["timing"]["log_s"] for rs in results for r in rs if "log_s" in r.get("timing", {})]
-    queued = sum(r.get("timing", {}).get("mlflow_queued", 0) for rs in results for r in rs)
+    # A trial's count is cumulative ("so far"): its largest value is the trial's total.
+    queued = sum(
+        max((r.get("timing", {}).get("mlflow_queued", 0) for r in rs), default=0) for rs in results
+    )
+    timing = [r.get("timing", {}) for rs in results for r in rs]
+    setups = [t.get("setup") or {} for t in timing]
     return {
+        **_slot_split(timing, setups),
         "trials": len(results),
         "results": len(steps),
         "step_sum_s": sum(steps),
@@ -194,6 +200,30 @@ def trial_figures(results: list[list[dict[str, Any]]], concurrency: int) -> dict
         "log_p99_ms": 1000 * _percentile(logs, 0.99),
         "failed_writes": float(queued),
     }
+
+
+#: Where a trial's slot time goes, as each trial times itself (``timing`` in its results):
+#: key -> (title, timing fields summed over every result, set-up fields summed once per trial).
+SPLIT = {
+    "split_worker_s": ("worker start", (), ("worker_start_s",)),
+    "split_setup_s": ("set-up", (), ("dataset_s", "dense_s", "pipelines_s")),
+    "split_mlflow_open_s": ("MLflow run open", (), ("mlflow_run_s",)),
+    "split_log_s": ("epoch logs", ("log_s",), ()),
+    "split_checkpoint_s": ("checkpoints", ("checkpoint_s",), ()),
+    "split_end_s": ("trial end", ("end_s",), ()),
+}
+
+
+def _slot_split(
+    timing: Sequence[dict[str, Any]], setups: Sequence[dict[str, Any]]
+) -> dict[str, float]:
+    """Seconds summed over the study for each part of :data:`SPLIT` (per trial in ``one_row``)."""
+    out = {}
+    for key, (_, fields, setup_fields) in SPLIT.items():
+        total = sum(float(t.get(f, 0.0)) for t in timing for f in fields)
+        total += sum(float(s.get(f, 0.0)) for s in setups for f in setup_fields)
+        out[key] = total
+    return out
 
 
 def check_study(
@@ -318,7 +348,10 @@ def ui_first_page(study_file: Path) -> float:
                 "order_by": ["metrics.`val_robust_acc` DESC"],
             }
         ).encode()
-        api = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/search"
+        # The printed page's server: the one `s2ap ui` started, or the study's own MLflow
+        # server (an http tracking URI needs no new one).
+        base = url.split("/#")[0].rstrip("/")
+        api = f"{base}/ajax-api/2.0/mlflow/runs/search"
         request = urllib.request.Request(
             api, data=body, headers={"Content-Type": "application/json"}
         )
@@ -365,6 +398,10 @@ def one_row(
     row["ratio"] = row["wall_s"] / row["min_s"] if row["min_s"] else math.nan
     # Slot-seconds the trials did not spend in their steps, per trial.
     row["service_per_trial_s"] = (row["wall_s"] * concurrency - row["step_sum_s"]) / n
+    for key in SPLIT:
+        row[key] /= n
+    # The rest: Ray (actor reuse, results, checkpoint persistence, scheduling) and idle slots.
+    row["split_rest_s"] = row["service_per_trial_s"] - sum(row[key] for key in SPLIT)
     for key in ("sampler", "bookkeeping", "ray"):
         row[f"driver_{key}_ms"] = 1000 * timings.get(f"driver/{key}_s", math.nan) / n
     uri = summary["tracking_uri"]
@@ -427,7 +464,7 @@ COLUMNS = (
     ("driver_ray_ms", "ray ms", "{:.1f}"),
     ("log_p50_ms", "log p50", "{:.0f}"),
     ("log_p99_ms", "log p99", "{:.0f}"),
-    ("failed_writes", "failed", "{:.0f}"),
+    ("failed_writes", "queued", "{:.0f}"),
     ("lost_metrics", "lost", "{:.0f}"),
     ("dup_metrics", "dup", "{:.0f}"),
     ("driver_peak_mb", "peak MB", "{:.0f}"),
@@ -450,6 +487,22 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         for key, _, fmt in COLUMNS:
             value = row.get(key, math.nan)
             cells.append(fmt.format(value) if value == value else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def split_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Where ``svc/trial`` goes (slot-seconds per trial), as a Markdown table."""
+    parts = [*((k, title) for k, (title, _, _) in SPLIT.items()), ("split_rest_s", "rest (Ray)")]
+    lines = [
+        "| trials | slots | store | svc/trial s | " + " | ".join(t for _, t in parts) + " |",
+        "|" + "---|" * (4 + len(parts)),
+    ]
+    for row in rows:
+        if "split_log_s" not in row:  # a records.json from before the split
+            continue
+        cells = [f"{row['trials']:.0f}", f"{row['concurrency']:.0f}", str(row["store"])]
+        cells += [f"{row['service_per_trial_s']:.2f}", *(f"{row[k]:.2f}" for k, _ in parts)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -560,6 +613,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"records: {records}")
     print(f"\n{machine()}\n")
     print(table(rows))
+    print("\nwhere svc/trial goes (slot-seconds per trial; rest = Ray and idle slots):\n")
+    print(split_table(rows))
     if args.plot:
         plot(rows, args.plot)
         print(f"\nplot: {args.plot}")
