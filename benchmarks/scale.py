@@ -182,16 +182,15 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 def trial_figures(results: list[list[dict[str, Any]]], concurrency: int) -> dict[str, float]:
     """The theoretical minimum and the per-epoch MLflow figures, from the trials' results."""
-    steps = [r.get("timing", {}).get("step_s", 0.0) for rs in results for r in rs]
-    logs = [r["timing"]["log_s"] for rs in results for r in rs if "log_s" in r.get("timing", {})]
+    timing = [r.get("timing", {}) for rs in results for r in rs]
+    steps = [t.get("step_s", 0.0) for t in timing]
+    logs = [t["log_s"] for t in timing if "log_s" in t]
     # A trial's count is cumulative ("so far"): its largest value is the trial's total.
     queued = sum(
         max((r.get("timing", {}).get("mlflow_queued", 0) for r in rs), default=0) for rs in results
     )
-    timing = [r.get("timing", {}) for rs in results for r in rs]
-    setups = [t.get("setup") or {} for t in timing]
     return {
-        **_slot_split(timing, setups),
+        **_slot_split(timing),
         "trials": len(results),
         "results": len(steps),
         "step_sum_s": sum(steps),
@@ -214,10 +213,10 @@ SPLIT = {
 }
 
 
-def _slot_split(
-    timing: Sequence[dict[str, Any]], setups: Sequence[dict[str, Any]]
-) -> dict[str, float]:
-    """Seconds summed over the study for each part of :data:`SPLIT` (per trial in ``one_row``)."""
+def _slot_split(timing: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Seconds summed over the study for each part of :data:`SPLIT` (per trial in ``one_row``);
+    ``timing`` holds every result's record (a trial's set-up is in its first one)."""
+    setups = [t.get("setup") or {} for t in timing]
     out = {}
     for key, (_, fields, setup_fields) in SPLIT.items():
         total = sum(float(t.get(f, 0.0)) for t in timing for f in fields)

@@ -102,8 +102,8 @@ def _run_config(study: Study, verbose: int, out: IO[str] | None = None) -> Any:
 
     Of Tune's per-result loggers only the JSON one (``result.json``, every result of a trial,
     kept whole across a trial's restart: :mod:`tune.driver.result_log`): MLflow is the study's
-    record, and the CSV and TensorBoard files cost the driver work on
-    every epoch of every trial (``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS``, set by the service).
+    record, and the CSV and TensorBoard files cost the driver work on every epoch of every trial
+    (``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS``, set by the service).
     """
     from ray import tune
 
