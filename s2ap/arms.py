@@ -21,19 +21,21 @@ to log only what a run used.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from s2ap.config import config_hash, flatten
-from s2ap.harp import HarpHost
-from s2ap.masking import HydraHost
-from s2ap.perturbation import ascent_perturbation, random_perturbation
 from s2ap.registry import Registry
 
+# The tables name the torch code they run (host classes, perturbation functions) and import it
+# when a run uses it: a study file, a method name or a mask header reads the tables without
+# torch, which saves the read commands (status, masks pull, report) seconds.
 if TYPE_CHECKING:
     from torch import Tensor
 
     from s2ap.config import PruneConfig, RunConfig
+    from s2ap.masking import HydraHost
     from s2ap.perturbation import S2AP, Closure
 
 __all__ = [
@@ -90,15 +92,23 @@ class Host:
     Attributes:
         name: the ``prune.host`` value (also its method-name part).
         label: its name on pages and in tables (``HYDRA``).
-        cls: the host class (:class:`~s2ap.masking.HydraHost` or a subclass, in its own module).
+        cls_path: the host class as ``module:Class`` (:class:`~s2ap.masking.HydraHost` or a
+            subclass, in its own module), imported when a run builds the host.
         settings: the ``prune`` sub-block it reads (``harp``), passed to the class as keyword
             arguments; a run on another host ignores that block. ``None``: no settings.
     """
 
     name: str
     label: str
-    cls: type[HydraHost]
+    cls_path: str
     settings: str | None = None
+
+    @property
+    def cls(self) -> type[HydraHost]:
+        """The host class :attr:`cls_path` names."""
+        module, _, name = self.cls_path.partition(":")
+        cls: type[HydraHost] = getattr(importlib.import_module(module), name)
+        return cls
 
     def build(self, prune: PruneConfig) -> HydraHost:
         """The host object of a run, from its ``prune`` section."""
@@ -125,12 +135,16 @@ def register_host(host: Host) -> Host:
 
 
 def _score_direction(opt: S2AP, closure: Closure) -> list[Tensor]:
+    from s2ap.perturbation import ascent_perturbation
+
     return ascent_perturbation(
         opt.scores, closure, rho=opt.rho, radius=opt.radius, ascent_steps=opt.ascent_steps
     )
 
 
 def _random_direction(opt: S2AP, closure: Closure) -> list[Tensor]:
+    from s2ap.perturbation import random_perturbation
+
     return random_perturbation(opt.scores, rho=opt.rho, radius=opt.radius, generator=opt.generator)
 
 
@@ -164,8 +178,8 @@ register_arm(
         why_ignored="one random direction, no ascent steps",
     )
 )
-register_host(Host(name="hydra", label="HYDRA", cls=HydraHost))
-register_host(Host(name="harp", label="HARP", cls=HarpHost, settings="harp"))
+register_host(Host(name="hydra", label="HYDRA", cls_path="s2ap.masking:HydraHost"))
+register_host(Host(name="harp", label="HARP", cls_path="s2ap.harp:HarpHost", settings="harp"))
 
 
 # --------------------------------------------------------------------------------------------

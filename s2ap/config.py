@@ -181,7 +181,7 @@ class DataConfig(_Strict):
     @field_validator("source")
     @classmethod
     def _known_source(cls, v: str) -> str:
-        from s2ap.data import list_sources
+        from s2ap.data.registry import list_sources
 
         if v not in list_sources():
             raise ValueError(f"unknown dataset {v!r}; choose one of {list_sources()}")
@@ -201,7 +201,7 @@ class ModelConfig(_Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        from s2ap.models import list_models
+        from s2ap.architectures import list_models
 
         if v not in list_models():
             raise ValueError(f"unknown architecture {v!r}; choose one of {list_models()}")

@@ -1,4 +1,4 @@
-"""Architecture registry: the networks S2AP prunes, built by name.
+"""The networks S2AP prunes, registered by name (:mod:`s2ap.architectures`).
 
 Every model starts with a :class:`Normalize` layer. Inputs stay in ``[0, 1]`` everywhere in the
 project because attacks (PGD, AutoAttack) define their epsilon-balls in pixel space; the per-channel
@@ -15,13 +15,14 @@ sparsities are comparable with the papers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from s2ap.registry import Registry
+# Builders are added to (and looked up in) the registry by name; these names are re-exported,
+# so that a model is made and registered from here as before.
+from s2ap.architectures import InputSpec, create_model, list_models, register_model
 
 __all__ = [
     "InputSpec",
@@ -30,25 +31,6 @@ __all__ = [
     "list_models",
     "register_model",
 ]
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model is built for: the data's classes, channels, image size and normalisation.
-
-    ``mean`` and ``std`` have one entry per input channel (the dataset provides them); checked
-    once by :func:`create_model`, so builders take them as given.
-    """
-
-    num_classes: int
-    in_channels: int
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-ModelBuilder = Callable[[InputSpec], nn.Module]
-_MODELS: Registry[ModelBuilder] = Registry("model")
 
 
 class Normalize(nn.Module):
@@ -82,48 +64,6 @@ class Normalize(nn.Module):
         mean = [round(v, 4) for v in self.mean.flatten().tolist()]
         std = [round(v, 4) for v in self.std.flatten().tolist()]
         return f"mean={mean}, std={std}"
-
-
-def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator that adds a model builder to the registry under ``name``.
-
-    A builder takes an :class:`InputSpec` (it may ignore the fields it does not need) and
-    returns an ``nn.Module`` whose first layer is a :class:`Normalize`.
-    """
-    return _MODELS.register(name)
-
-
-def list_models() -> list[str]:
-    """Names of all registered architectures, sorted."""
-    return _MODELS.names()
-
-
-def create_model(
-    name: str,
-    *,
-    num_classes: int,
-    in_channels: int,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> nn.Module:
-    """Build the registered architecture ``name`` for the given data shape and normalisation.
-
-    ``mean`` and ``std`` must have one entry per input channel (the dataset provides them).
-    Raises ``ValueError`` for an unknown name (listing the registered ones) or inconsistent shapes.
-    """
-    builder = _MODELS.get(name)
-    if num_classes < 1 or in_channels < 1 or image_size < 1:
-        raise ValueError(
-            f"model {name!r} needs num_classes, in_channels and image_size >= 1, got "
-            f"num_classes={num_classes}, in_channels={in_channels}, image_size={image_size}"
-        )
-    if len(mean) != in_channels or len(std) != in_channels:
-        raise ValueError(
-            f"model {name!r}: mean and std need one value per input channel "
-            f"(in_channels={in_channels}), got mean={list(mean)}, std={list(std)}"
-        )
-    return builder(InputSpec(num_classes, in_channels, image_size, tuple(mean), tuple(std)))
 
 
 # --------------------------------------------------------------------------------------------------

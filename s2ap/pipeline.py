@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from s2ap.architectures import create_model
 from s2ap.compute import Compute
 from s2ap.config import RunConfig
 from s2ap.data import DatasetSplits, load_dataset
 from s2ap.masking import ScoreMasking, get_masking
-from s2ap.models import create_model
 from s2ap.stages import (
     FinetuneStage,
     PretrainStage,

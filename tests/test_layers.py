@@ -90,3 +90,39 @@ def test_checker_catches_a_violation(tmp_path):
     assert imported_roots(bad) & FORBIDDEN["s2ap"] == {"ray", "mlflow", "tune"}
     assert tune_layer("tune.driver.launch") == "driver"
     assert "tune.driver.launch" in imported_modules(bad)
+
+
+#: What ``s2ap status`` and ``s2ap masks pull`` import, and the study file they validate: none of
+#: it may import torch, which costs seconds before the command does anything (docs/PERFORMANCE.md).
+TORCH_FREE = (
+    "s2ap",
+    "s2ap.data",
+    "s2ap.config",
+    "s2ap.arms",
+    "s2ap.architectures",
+    "tracking.artifacts",
+    "tracking.pull",
+    "tune.study.file",
+    "tune.results.status",
+)
+
+
+def test_read_paths_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, sys\n"
+        f"for name in {TORCH_FREE!r}:\n"
+        "    importlib.import_module(name)\n"
+        "    assert 'torch' not in sys.modules, name\n"
+        "from tune.study.file import load_study\n"
+        "load_study('configs/quickstart.yaml')\n"
+        "assert 'torch' not in sys.modules, 'validating a study file'\n"
+        "import s2ap, s2ap.data\n"
+        "for package in (s2ap, s2ap.data):  # each lazy name resolves\n"
+        "    assert all(getattr(package, n) is not None for n in package.__all__)\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr

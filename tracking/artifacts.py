@@ -24,19 +24,25 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import math
 import os
 import struct
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from s2ap.config import canonical_json
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a tensor is made or read, not here: reading a mask file's bits and
+# header (``masks pull``, ``status``, the report) needs numpy only, and importing torch costs
+# seconds that a read command would otherwise spend before doing anything.
 
 MAGIC = b"S2APMASK"
 FORMAT_VERSION = 1
@@ -60,7 +66,7 @@ RESERVED_HEADER_KEYS = frozenset(
     }
 )
 
-Masks = dict[str, torch.Tensor]
+Masks = dict[str, "torch.Tensor"]
 
 
 class MaskFileError(ValueError):
@@ -119,6 +125,8 @@ def _header_digest(header: Mapping[str, Any]) -> str:
 
 
 def _mask_to_numpy(name: str, mask: Any) -> np.ndarray:
+    import torch
+
     if not isinstance(mask, torch.Tensor):
         raise TypeError(
             f"save_masks: mask for layer {name!r} is a {type(mask).__name__}; "
@@ -296,11 +304,11 @@ def read_mask_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     return header
 
 
-def load_masks(path: str | os.PathLike[str]) -> tuple[Masks, dict[str, Any]]:
-    """Load a ``.s2mask`` file: return (layer name -> bool tensor, header).
+def read_mask_bits(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read and verify a ``.s2mask`` file: return (layer name -> bool array, header).
 
-    Never unpickles. Raises :class:`MaskFileError` if the file is truncated, not a mask file, its
-    header was edited, or its payload does not match the recorded sha256.
+    Every check of :func:`load_masks` (payload sha256, each layer's kept count), in numpy only:
+    what a command that verifies or inspects a mask without building a model needs.
     """
     size = os.path.getsize(path)
     with open(path, "rb") as fh:
@@ -311,29 +319,38 @@ def load_masks(path: str | os.PathLike[str]) -> tuple[Masks, dict[str, Any]]:
     if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
         raise _fail(path, "payload sha256 mismatch: the mask bits were modified or corrupted")
     buf = np.frombuffer(payload, dtype=np.uint8)
-    masks: Masks = {}
+    bits: dict[str, np.ndarray] = {}
     for layer in header["layers"]:
         start, nbytes, numel = layer["offset"], layer["nbytes"], layer["numel"]
-        bits = np.unpackbits(buf[start : start + nbytes], count=numel).astype(bool)
-        kept = int(np.count_nonzero(bits))
+        layer_bits = np.unpackbits(buf[start : start + nbytes], count=numel).astype(bool)
+        kept = int(np.count_nonzero(layer_bits))
         if kept != layer["kept"]:
             raise _fail(
                 path, f"layer {layer['name']!r}: {kept} kept bits, header says {layer['kept']}"
             )
-        masks[layer["name"]] = torch.from_numpy(bits.reshape(layer["shape"]))
-    return masks, header
+        bits[layer["name"]] = layer_bits.reshape(layer["shape"])
+    return bits, header
+
+
+def load_masks(path: str | os.PathLike[str]) -> tuple[Masks, dict[str, Any]]:
+    """Load a ``.s2mask`` file: return (layer name -> bool tensor, header).
+
+    Never unpickles. Raises :class:`MaskFileError` if the file is truncated, not a mask file, its
+    header was edited, or its payload does not match the recorded sha256.
+    """
+    import torch
+
+    bits, header = read_mask_bits(path)
+    return {name: torch.from_numpy(layer) for name, layer in bits.items()}, header
 
 
 # --------------------------------------------------------------------------------------------
 # state dicts
 
-_safetensors_torch: ModuleType | None
-try:  # optional: safer and faster than torch.save when available
-    import safetensors.torch as _safetensors_torch
-except ImportError:  # pragma: no cover - depends on the environment
-    _safetensors_torch = None
-
-STATE_DICT_SUFFIX = ".safetensors" if _safetensors_torch is not None else ".pt"
+# safetensors is a dependency, but a state dict written where it is missing falls back to
+# torch.save (read back with weights_only=True); find_spec says which without importing torch.
+_HAS_SAFETENSORS = importlib.util.find_spec("safetensors") is not None
+STATE_DICT_SUFFIX = ".safetensors" if _HAS_SAFETENSORS else ".pt"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -342,6 +359,8 @@ def save_state_dict(path: str | os.PathLike[str], state_dict: Mapping[str, torch
 
     Only tensors are stored. Use :data:`STATE_DICT_SUFFIX` for the file name's extension.
     """
+    import torch
+
     tensors: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
@@ -352,8 +371,10 @@ def save_state_dict(path: str | os.PathLike[str], state_dict: Mapping[str, torch
         # clone: safetensors refuses shared storage, and a copy detaches from autograd/devices.
         tensors[key] = value.detach().to("cpu").contiguous().clone()
     with atomic_writer(path) as fh:
-        if _safetensors_torch is not None:
-            fh.write(_safetensors_torch.save(tensors))
+        if _HAS_SAFETENSORS:
+            import safetensors.torch
+
+            fh.write(safetensors.torch.save(tensors))
         else:
             torch.save(tensors, fh)
     return file_sha256(path)
@@ -364,13 +385,17 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
     ``torch.save`` files (zip) are read with ``weights_only=True``; others as safetensors.
     """
+    import torch
+
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if magic == _ZIP_MAGIC:
         return dict(torch.load(path, map_location="cpu", weights_only=True))
-    if _safetensors_torch is None:
+    if not _HAS_SAFETENSORS:
         raise ValueError(
             f"state dict {os.fspath(path)!r} is not a torch.save archive and safetensors is not "
             "installed; pip install safetensors to read it"
         )
-    return dict(_safetensors_torch.load_file(os.fspath(path), device="cpu"))
+    import safetensors.torch
+
+    return dict(safetensors.torch.load_file(os.fspath(path), device="cpu"))

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import torch
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
 from s2ap.config import flatten
@@ -91,6 +90,8 @@ def _machine() -> str:
 def version_tags() -> dict[str, str]:
     """Tags recording what produced a run: s2ap/torch/mlflow/python versions, the git commit and
     the machine (``s2ap.machine``)."""
+    import torch  # here, not at the top: the run writers have it, the read commands need not
+
     try:
         s2ap_version = importlib.metadata.version("s2ap")
     except importlib.metadata.PackageNotFoundError:
@@ -113,12 +114,10 @@ def to_number(value: Any) -> float | None:
     """``value`` as a float if it is a number (bool, int, float, 1-element tensor or array)."""
     if isinstance(value, (bool, int, float)):
         return float(value)
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return float(value.item())
-    if hasattr(value, "item") and hasattr(value, "dtype"):  # numpy scalars / 1-element arrays
+    if hasattr(value, "item") and hasattr(value, "dtype"):  # 1-element tensors and arrays
         try:
             item = value.item()
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RuntimeError):  # torch raises RuntimeError
             return None
         return float(item) if isinstance(item, (bool, int, float)) else None
     return None

@@ -24,7 +24,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tracking.artifacts import MASK_SUFFIX, load_masks
+from tracking.artifacts import MASK_SUFFIX, read_mask_bits
 from tracking.client import (
     PRIMARY_METRIC,
     ROLE_STUDY,
@@ -292,7 +292,7 @@ def pull_mask(
     mask_path = _download(
         client, run_id, f"masks/{mask_name}{MASK_SUFFIX}", out / f"{mask_name}{MASK_SUFFIX}"
     )
-    _, header = load_masks(mask_path)  # raises MaskFileError if damaged
+    _, header = read_mask_bits(mask_path)  # raises MaskFileError if damaged
     run = client.get_run(run_id)
     tagged = run.data.tags.get(f"s2ap.masks.{mask_name}.sha256")
     if tagged and tagged != header["payload_sha256"]:

@@ -65,8 +65,8 @@ class PrunedModel(PythonModel):
     def load_context(self, context: Any) -> None:
         import torch
 
+        from s2ap.architectures import create_model
         from s2ap.masking import apply_masks_to_state_dict
-        from s2ap.models import create_model
         from tracking.artifacts import load_masks, load_state_dict
 
         config = json.loads(Path(context.artifacts["config"]).read_text(encoding="utf-8"))

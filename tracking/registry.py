@@ -36,7 +36,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tracking.artifacts import MASK_SUFFIX, STATE_DICT_SUFFIX, file_sha256, load_masks
+from tracking.artifacts import MASK_SUFFIX, STATE_DICT_SUFFIX, file_sha256, read_mask_bits
 from tracking.client import TAG_STUDY, TAG_TRIAL_ID, filter_quote, make_client
 from tracking.params import tag_value
 
@@ -163,7 +163,7 @@ def _model_files(
     """The trial's weights and mask (checked against the run's tags) and ``config.json``."""
     run_id, tags = run.info.run_id, run.data.tags
     mask = _download(client, run_id, f"masks/final{MASK_SUFFIX}", folder)
-    _, header = load_masks(mask)  # the payload's own sha256 is checked here
+    _, header = read_mask_bits(mask)  # the payload's own sha256 is checked here
     if tags.get("s2ap.masks.final.sha256", header["payload_sha256"]) != header["payload_sha256"]:
         raise ValueError(f"run {run_id}: masks/final{MASK_SUFFIX} does not match its sha256 tag")
     weights = _download(client, run_id, f"weights/final{STATE_DICT_SUFFIX}", folder)

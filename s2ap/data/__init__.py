@@ -17,26 +17,68 @@ processes, no per-example Python.
   ``root/test/<class>/*``).
 """
 
-# Importing the source modules registers their sources.
-from s2ap.data import embedded, imagefolder, torchvision_sources  # noqa: F401
-from s2ap.data.augment import Augment, crop_rows, flip_rows
-from s2ap.data.registry import (
-    DatasetNotFoundError,
-    SourceData,
-    list_sources,
-    load_dataset,
-    pop_option,
-    register_source,
-)
-from s2ap.data.splits import (
-    DatasetSplits,
-    FileList,
-    LoaderSplit,
-    Split,
-    TensorSplit,
-    channel_stats,
-)
-from s2ap.data.torchvision_sources import TorchvisionSource, register_torchvision_source
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from s2ap.data.augment import Augment, crop_rows, flip_rows
+    from s2ap.data.registry import (
+        DatasetNotFoundError,
+        SourceData,
+        list_sources,
+        load_dataset,
+        pop_option,
+        register_source,
+    )
+    from s2ap.data.splits import (
+        DatasetSplits,
+        FileList,
+        LoaderSplit,
+        Split,
+        TensorSplit,
+        channel_stats,
+    )
+    from s2ap.data.torchvision_sources import TorchvisionSource, register_torchvision_source
+
+# Imported on first use (PEP 562): the source names are known without torch
+# (s2ap.data.registry), and each source module is imported when its source loads.
+_EXPORTS = {
+    **dict.fromkeys(("Augment", "crop_rows", "flip_rows"), "s2ap.data.augment"),
+    **dict.fromkeys(
+        (
+            "DatasetNotFoundError",
+            "SourceData",
+            "list_sources",
+            "load_dataset",
+            "pop_option",
+            "register_source",
+        ),
+        "s2ap.data.registry",
+    ),
+    **dict.fromkeys(
+        ("DatasetSplits", "FileList", "LoaderSplit", "Split", "TensorSplit", "channel_stats"),
+        "s2ap.data.splits",
+    ),
+    **dict.fromkeys(
+        ("TorchvisionSource", "register_torchvision_source"), "s2ap.data.torchvision_sources"
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 's2ap.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "Augment",

@@ -13,13 +13,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from s2ap.data.augment import Augment
-from s2ap.data.splits import DatasetSplits, FileList, LoaderSplit, Split, TensorSplit, channel_stats
 from s2ap.registry import Registry
+
+# torch is imported by the functions that load data: the source names (what a config is checked
+# against) come without it (s2ap.registry).
+if TYPE_CHECKING:
+    import torch
+
+    from s2ap.data.augment import Augment
+    from s2ap.data.splits import DatasetSplits, FileList, Split, TensorSplit
 
 __all__ = [
     "DatasetNotFoundError",
@@ -55,6 +59,16 @@ class SourceData:
 
 SourceFn = Callable[..., SourceData]
 _SOURCES: Registry[SourceFn] = Registry("data source")
+# The built-in sources, by the module that registers each (imported on first load).
+for _name, _module in (
+    ("digits", "s2ap.data.embedded"),
+    ("synthetic", "s2ap.data.embedded"),
+    ("cifar10", "s2ap.data.torchvision_sources"),
+    ("cifar100", "s2ap.data.torchvision_sources"),
+    ("svhn", "s2ap.data.torchvision_sources"),
+    ("imagefolder", "s2ap.data.imagefolder"),
+):
+    _SOURCES.declare(_name, _module)
 
 
 def register_source(name: str) -> Callable[[SourceFn], SourceFn]:
@@ -112,6 +126,10 @@ def _split_pool(
 ) -> tuple[Split, Split, Split]:
     """(train, val, test): the validation split carved from the pool, file lists decoded or
     streamed. The test split never depends on ``split_seed``."""
+    import torch
+
+    from s2ap.data.splits import FileList, LoaderSplit
+
     n = len(data.train)
     n_val = _val_count(val_size, n)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
@@ -128,6 +146,8 @@ def _split_pool(
 
 def _image_shape(split: Split) -> tuple[int, int, int]:
     """(C, H, W) of a split's images, known without decoding them."""
+    from s2ap.data.splits import TensorSplit
+
     if isinstance(split, TensorSplit):
         shape = tuple(split.x.shape[1:])
     else:
@@ -146,6 +166,8 @@ def _normalisation(data: SourceData, train: Split, mean: Any, std: Any, in_chann
     elif data.mean is not None and data.std is not None:
         stats = (data.mean, data.std)
     else:
+        from s2ap.data.splits import TensorSplit, channel_stats
+
         measured = train if isinstance(train, TensorSplit) else train.subset(5000).materialize()
         stats = channel_stats(measured)
     if len(stats[0]) != in_channels or len(stats[1]) != in_channels:
@@ -157,6 +179,8 @@ def _normalisation(data: SourceData, train: Split, mean: Any, std: Any, in_chann
 
 
 def _augment_override(default: Augment, override: dict[str, Any] | None) -> Augment:
+    from s2ap.data.augment import Augment
+
     if override is None:
         return default
     try:
@@ -193,6 +217,8 @@ def load_dataset(
       normalisation constants) and ``augment`` (a dict of :class:`Augment` fields replacing the
       dataset's default augmentation).
     """
+    from s2ap.data.splits import DatasetSplits
+
     load = _SOURCES.get(source)
     opts = dict(options or {})
     mean, std, augment = opts.pop("mean", None), opts.pop("std", None), opts.pop("augment", None)

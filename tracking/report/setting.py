@@ -107,7 +107,7 @@ def _folder_shape(root: Path, channels: int | None) -> tuple[int, int, int] | No
 def model_parameters(params: Mapping[str, str]) -> int | None:
     """The trainable parameters of the run's model, built from the model registry for its data
     shape (``None`` when the shape or the architecture is unknown here)."""
-    from s2ap.models import create_model
+    from s2ap.architectures import create_model
 
     shape = _input_shape(params)
     if shape is None:

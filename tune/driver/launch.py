@@ -37,6 +37,7 @@ from tune.driver.storage import check_storage
 from tune.study.file import Study, StudyError
 
 if TYPE_CHECKING:
+    from tune.driver.ray_runtime import RayRuntime
     from tune.driver.warmup import StoreWarmup
     from tune.results.trials import TrialRow
 
@@ -54,6 +55,8 @@ class _Launch:
     err: IO[str]
     times: StepTimes = dataclasses.field(default_factory=StepTimes)
     """Seconds of each step, for ``summary.json``'s ``timings`` (:mod:`tune.common.timings`)."""
+    runtime: RayRuntime | None = None
+    """The Ray runtime, once started (:func:`tune.driver.ray_runtime.ray_runtime`)."""
 
 
 def run_study(
@@ -98,8 +101,8 @@ def run_study(
         # (tune.driver.warmup).
         warmup = StoreWarmup(launch.tracking_uri)
         try:
-            with ray_runtime(options, launch.times):
-                outcome = _run_tracked(launch, warmup)
+            with ray_runtime(options, launch.times) as runtime:
+                outcome = _run_tracked(dataclasses.replace(launch, runtime=runtime), warmup)
         finally:
             warmup.discard()
     if outcome.summary.get("timings") is not None:
@@ -282,17 +285,19 @@ def _test_numbers(launch: _Launch, tracker: Any, best: TrialRow | None) -> dict[
     from tune.driver.ray_runtime import is_local
     from tune.trial.evaluation import evaluate_best_trial
 
-    options, settings = launch.options, launch.study.settings
+    options, settings, runtime = launch.options, launch.study.settings, launch.runtime
     run_eval = settings.test_eval.enabled if options.test_eval is None else options.test_eval
     if best is None or not run_eval:
         return None
+    driver_cpus = None
+    if is_local(options.address) and runtime is not None:
+        # The search is over and a local runtime is not used again: the driver evaluates with
+        # all of its CPUs while Ray shuts down beside it.
+        driver_cpus = runtime.cpus or settings.resources.cpu
+        runtime.release()
     with launch.times.step("test_evaluation"):
         return evaluate_best_trial(
-            launch.study,
-            dict(best),
-            tracker.trial_context(),
-            launch.out,
-            in_driver=is_local(options.address),
+            launch.study, dict(best), tracker.trial_context(), launch.out, driver_cpus=driver_cpus
         )
 
 

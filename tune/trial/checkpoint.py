@@ -18,15 +18,17 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from s2ap.config import RunConfig
-from s2ap.data import DatasetSplits
-from s2ap.pipeline import Pipeline
-from tune.common.untrusted import check_tensor_file, load_tensor_file
-from tune.trial.pipelines import cached_data, cached_dense
+
+# torch comes with the functions that write or load a state: status and results read a
+# checkpoint folder's files and JSON without it (seconds per command).
+if TYPE_CHECKING:
+    import torch
+
+    from s2ap.data import DatasetSplits
+    from s2ap.pipeline import Pipeline
 
 __all__ = [
     "TrialState",
@@ -69,6 +71,8 @@ def write_trial_checkpoint(
     mask: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
 ) -> None:
     """Write a checkpoint folder (see the module docstring); ``mask`` is (masks, header)."""
+    import torch
+
     # Not dataclasses.asdict: it would deep-copy every tensor.
     raw = {"format": _FORMAT, **{f.name: getattr(state, f.name) for f in dataclasses.fields(state)}}
     torch.save(raw, os.path.join(directory, _STATE_FILE))
@@ -84,6 +88,8 @@ def write_trial_checkpoint(
 def read_trial_state(directory: str | os.PathLike[str]) -> TrialState:
     """``state.pt``; :class:`~tune.common.untrusted.UntrustedFileError` if it holds anything but
     tensors and plain data."""
+    from tune.common.untrusted import load_tensor_file
+
     path = Path(directory, _STATE_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: no {_STATE_FILE}; not an s2ap trial checkpoint")
@@ -124,6 +130,12 @@ def load_trial_checkpoint(
     ``pipelines[i].model`` is the masked model at the checkpoint, ``.selected_model()`` the one
     selected on validation, ``.masking.sparsity_report()`` its measured sparsity.
     """
+    import torch
+
+    from s2ap.pipeline import Pipeline
+    from tune.common.untrusted import check_tensor_file
+    from tune.trial.pipelines import cached_data, cached_dense
+
     # Before any work (reading no tensor): nothing runs on a refused state.pt or dense model.
     check_tensor_file(Path(checkpoint_dir, _STATE_FILE))
     info = read_trial_info(checkpoint_dir)

@@ -95,16 +95,6 @@ def evaluate_trial_checkpoint(
     return out
 
 
-def _runtime_cpus(default: float) -> float:
-    """The CPUs of the local Ray runtime (``--num-cpus``, else the machine's), ``default``
-    without one."""
-    import ray
-
-    if not ray.is_initialized():
-        return default
-    return float(ray.cluster_resources().get("CPU", default))
-
-
 def _in_this_process(cpus: float, **kwargs: Any) -> dict[str, Any]:
     """:func:`evaluate_trial_checkpoint` here, with ``cpus`` torch threads."""
     import torch
@@ -131,11 +121,12 @@ def evaluate_best_trial(
     tracking: dict[str, str] | None,
     out: IO[str],
     *,
-    in_driver: bool = True,
+    driver_cpus: float | None = None,
 ) -> dict[str, Any] | None:
     """The best trial's test numbers: recorded by the trial itself (``every_trial``), or
-    measured now (``in_driver``: in this process with the local runtime's CPUs, else by a Ray
-    task with a trial's resources) and logged to the trial's run."""
+    measured now and logged to the trial's run: in this process with ``driver_cpus`` torch
+    threads (a local runtime's driver, whose CPUs the finished search left idle), else
+    (``None``) by a Ray task with a trial's resources on the cluster."""
     from tune.common.console import warn
     from tune.trial.checkpoint import read_test_numbers, read_trial_info
 
@@ -166,6 +157,6 @@ def evaluate_best_trial(
         "trial_id": best["trial_id"],
         "params": dict(read_trial_info(checkpoint).get("params") or {}),
     }
-    if in_driver:
-        return _in_this_process(_runtime_cpus(res.cpu), **kwargs)
+    if driver_cpus is not None:
+        return _in_this_process(driver_cpus, **kwargs)
     return _in_ray_task(res.cpu, res.gpu, **kwargs)
