@@ -1,5 +1,7 @@
 """The dense model every trial of a study prunes: given (``dense.checkpoint``), or pretrained
-once per study by a Ray task with a trial's resources.
+once per study: by a Ray task with a trial's resources on a cluster, in the driver with all of
+its CPUs on a local runtime (the search has not started, so they are idle; no worker to start:
+``benchmarks/service_overhead.py --peer``, 9.0 s -> 3 s on the quickstart).
 
 A pretrained model is cached as ``<storage_root>/dense/<hash>.pt`` (+ ``.json`` with the
 per-epoch records) under the hash of what determines it: data + model + threat + pretrain +
@@ -47,8 +49,11 @@ def dense_cache_key(study: Study) -> str:
     return config_hash(_determining_config(study, with_eval_batch=False))
 
 
-def prepare_dense(study: Study, tracker: Any, out: IO[str]) -> DenseModel:
-    """The study's dense model: ``dense.checkpoint``, the cached one, or pretrained now.
+def prepare_dense(
+    study: Study, tracker: Any, out: IO[str], *, driver_cpus: float | None = None
+) -> DenseModel:
+    """The study's dense model: ``dense.checkpoint``, the cached one, or pretrained now (in
+    this process with ``driver_cpus`` torch threads, else (``None``) by a Ray task).
 
     A new study run (``tracker``, not resumed) gets the pretraining curves as
     ``pretrain/*`` metrics.
@@ -70,16 +75,17 @@ def prepare_dense(study: Study, tracker: Any, out: IO[str]) -> DenseModel:
     if path.is_file():
         print(f"dense model: {path} (cached; pretrain block hash {key})", file=out, flush=True)
     else:
-        _pretrain_once(study, key, path, out)
+        _pretrain_once(study, key, path, out, driver_cpus)
     if tracker is not None and not tracker.resumed:
         _log_pretraining(tracker, path.with_suffix(".json"))
     return DenseModel(str(path), file_sha256(path)[:16])
 
 
-def _pretrain_once(study: Study, key: str, path: Path, out: IO[str]) -> None:
-    """Pretrain in a Ray task with a trial's resources; write the model and its records."""
-    import ray
-
+def _pretrain_once(
+    study: Study, key: str, path: Path, out: IO[str], driver_cpus: float | None
+) -> None:
+    """Pretrain here with ``driver_cpus`` threads, or in a Ray task with a trial's resources;
+    write the model and its records."""
     cfg = study.run_config
     res = study.settings.resources
     print(
@@ -87,16 +93,21 @@ def _pretrain_once(study: Study, key: str, path: Path, out: IO[str]) -> None:
         file=out,
         flush=True,
     )
-    task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0)(pretrain_dense)
-    records = ray.get(
-        # Ray's stubs type .remote() by positional parameters only; keywords pass through.
-        task.remote(  # type: ignore[call-arg]
-            cfg.model_dump(mode="json"),
-            str(path),
-            gpu=res.gpu,
-            allow_cpu_fallback=study.settings.allow_cpu_fallback,
-        )
-    )
+    args = (cfg.model_dump(mode="json"), str(path))
+    kwargs: dict[str, Any] = {
+        "gpu": res.gpu,
+        "allow_cpu_fallback": study.settings.allow_cpu_fallback,
+    }
+    if driver_cpus is not None:
+        from tune.trial.device import torch_threads
+
+        with torch_threads(driver_cpus):
+            records = pretrain_dense(*args, **kwargs)
+    else:
+        import ray
+
+        task = ray.remote(num_cpus=res.cpu, num_gpus=res.gpu, max_retries=0)(pretrain_dense)
+        records = ray.get(task.remote(*args, **kwargs))
     meta = {
         "key": key,
         "config": _determining_config(study, with_eval_batch=True),
@@ -129,9 +140,9 @@ def pretrain_dense(
 ) -> list[dict[str, Any]]:
     """Run the ``pretrain`` block of ``base`` and save the dense state dict at ``out_path``.
 
-    Runs inside a Ray task. Written atomically (:func:`tune.common.files.save_torch`), so a
-    crash never leaves a partial dense model that later studies would load. Returns the
-    per-epoch records.
+    Runs in a Ray task or a local runtime's driver. Written atomically
+    (:func:`tune.common.files.save_torch`), so a crash never leaves a partial dense model that
+    later studies would load. Returns the per-epoch records.
     """
     from s2ap.config import RunConfig
     from s2ap.pipeline import Pipeline

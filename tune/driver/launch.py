@@ -222,7 +222,7 @@ def _search(launch: _Launch, tracker: Any) -> StudyOutcome:
     restore = launch.options.resume and tune.Tuner.can_restore(str(study.experiment_dir))
     _record_start(launch, tracker, restore)
     with times.step("dense_model"):
-        dense = prepare_dense(study, tracker, launch.out)
+        dense = prepare_dense(study, tracker, launch.out, driver_cpus=_driver_cpus(launch))
     if restore:
         print(
             f"resuming study {study.name} from {study.experiment_dir}", file=launch.out, flush=True
@@ -280,20 +280,30 @@ def _conclude(
     return StudyOutcome(1 if failed else 0, summary)
 
 
+def _driver_cpus(launch: _Launch) -> float | None:
+    """With a local runtime, what the driver waits on alone (the dense model's pretraining
+    before the search, the test evaluation after it) runs in the driver with all of the
+    runtime's CPUs; ``None`` on a cluster (a Ray task with a trial's resources does it)."""
+    from tune.driver.ray_runtime import is_local
+
+    runtime = launch.runtime
+    if runtime is None or not is_local(launch.options.address):
+        return None
+    return runtime.cpus or launch.study.settings.resources.cpu
+
+
 def _test_numbers(launch: _Launch, tracker: Any, best: TrialRow | None) -> dict[str, Any] | None:
     """The best trial's test numbers, unless the test evaluation is off."""
-    from tune.driver.ray_runtime import is_local
     from tune.trial.evaluation import evaluate_best_trial
 
     options, settings, runtime = launch.options, launch.study.settings, launch.runtime
     run_eval = settings.test_eval.enabled if options.test_eval is None else options.test_eval
     if best is None or not run_eval:
         return None
-    driver_cpus = None
-    if is_local(options.address) and runtime is not None:
-        # The search is over and a local runtime is not used again: the driver evaluates with
-        # all of its CPUs while Ray shuts down beside it.
-        driver_cpus = runtime.cpus or settings.resources.cpu
+    driver_cpus = _driver_cpus(launch)
+    if driver_cpus is not None and runtime is not None:
+        # The search is over and a local runtime is not used again: Ray shuts down beside the
+        # driver's evaluation.
         runtime.release()
     with launch.times.step("test_evaluation"):
         return evaluate_best_trial(

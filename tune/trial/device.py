@@ -3,9 +3,11 @@ use them (a trial silently training on the CPU would distort every timing of the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 
 import torch
 
@@ -61,3 +63,15 @@ def trial_device(
     info["device"] = str(device)
     info["device_name"] = torch.cuda.get_device_name(device)
     return device, info
+
+
+@contextlib.contextmanager
+def torch_threads(cpus: float) -> Iterator[None]:
+    """torch's intra-op threads set to ``cpus`` (at least one) for the block, then restored: a
+    local runtime's driver works with the CPUs its idle runtime holds (Ray sets a worker's own)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(cpus)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -97,14 +97,10 @@ def evaluate_trial_checkpoint(
 
 def _in_this_process(cpus: float, **kwargs: Any) -> dict[str, Any]:
     """:func:`evaluate_trial_checkpoint` here, with ``cpus`` torch threads."""
-    import torch
+    from tune.trial.device import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(cpus)))
-    try:
+    with torch_threads(cpus):
         return evaluate_trial_checkpoint(**kwargs)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _in_ray_task(cpus: float, gpus: float, **kwargs: Any) -> dict[str, Any]:
