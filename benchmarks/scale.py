@@ -568,7 +568,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--node-cpus", type=int, default=4, help="logical CPUs of each worker node")
     p.add_argument("--work", type=Path, default=None, help="folder for the studies (kept)")
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds per study")
-    p.add_argument("--records", type=Path, help="print the table of an earlier records.json")
+    p.add_argument(
+        "--records",
+        type=Path,
+        nargs="+",
+        help="print (and --plot) the rows of earlier records.json files, in the order given",
+    )
     p.add_argument(
         "--commands",
         nargs="*",
@@ -585,7 +590,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.records:
-        rows = json.loads(args.records.read_text())["rows"]
+        rows = [row for path in args.records for row in json.loads(path.read_text())["rows"]]
     else:
         work = args.work or Path(tempfile.mkdtemp(prefix="s2ap-scale-"))
         work.mkdir(parents=True, exist_ok=True)

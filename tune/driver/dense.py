@@ -102,7 +102,7 @@ def _pretrain_once(
         from tune.trial.device import torch_threads
 
         with torch_threads(driver_cpus):
-            records = pretrain_dense(*args, **kwargs)
+            records = pretrain_dense(*args, **kwargs, in_driver=True)
     else:
         import ray
 
@@ -137,6 +137,7 @@ def pretrain_dense(
     *,
     gpu: float = 0.0,
     allow_cpu_fallback: bool = False,
+    in_driver: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the ``pretrain`` block of ``base`` and save the dense state dict at ``out_path``.
 
@@ -150,7 +151,7 @@ def pretrain_dense(
     from tune.trial.device import trial_device
 
     cfg = RunConfig.model_validate(base)
-    device, _ = trial_device(gpu, allow_cpu_fallback)
+    device, _ = trial_device(gpu, allow_cpu_fallback, in_driver=in_driver)
     pipeline = Pipeline(cfg, device=device, phases=("pretrain",))
     records = pipeline.run()
     state = {k: v.detach().cpu() for k, v in pipeline.model.state_dict().items()}

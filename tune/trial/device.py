@@ -32,19 +32,22 @@ def _no_cuda_message(gpu_request: float, info: dict[str, str]) -> str:
 
 
 def trial_device(
-    gpu_request: float, allow_cpu_fallback: bool
+    gpu_request: float, allow_cpu_fallback: bool, *, in_driver: bool = False
 ) -> tuple[torch.device, dict[str, str]]:
     """The device of a trial: CUDA iff Ray assigned it GPUs; fail loudly if torch cannot see them.
 
     Ray sets ``CUDA_VISIBLE_DEVICES`` of the trial's process to its GPUs, so ``cuda:0`` is the
     first assigned GPU. A fractional request caps this process's CUDA memory to its share.
-    Returns the device and a description (``device``, ``device_name``, ``gpu_ids``,
-    ``cuda_visible_devices``) for the trial's results and tags.
+    ``in_driver``: work a local runtime's driver does itself (the dense model, the test
+    evaluation), which holds no Ray assignment and must not ask Ray (it may be shutting down
+    beside it): the request alone decides. Returns the device and a description (``device``,
+    ``device_name``, ``gpu_ids``, ``cuda_visible_devices``) for the trial's results and tags.
     """
     import ray
 
     # ray.get_gpu_ids() would start a Ray runtime when called outside one (a local test).
-    gpu_ids = [str(g) for g in ray.get_gpu_ids()] if ray.is_initialized() else []
+    in_worker = not in_driver and ray.is_initialized()
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()] if in_worker else []
     info = {
         "gpu_ids": ",".join(gpu_ids),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),

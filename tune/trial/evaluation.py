@@ -73,10 +73,12 @@ def evaluate_trial_checkpoint(
     tracking: dict[str, str] | None = None,
     trial_id: str | None = None,
     params: dict[str, Any] | None = None,
+    in_driver: bool = False,
 ) -> dict[str, Any]:
     """Test-set numbers of a trial's selected model(s) (mean over seeds), logged to its run.
 
-    Runs where Ray places it (as a task with the trials' resources). ``evaluate_overrides``
+    Runs where Ray places it (as a task with the trials' resources), or in a local runtime's
+    driver (``in_driver``, :func:`~tune.trial.device.trial_device`). ``evaluate_overrides``
     replace fields of the run config's ``evaluate`` section. With ``tracking`` the metrics go
     to the trial's MLflow run (found again by its trial id) and the run is tagged best.
     """
@@ -84,7 +86,7 @@ def evaluate_trial_checkpoint(
     from tune.trial.device import trial_device
     from tune.trial.recorder import TrialRecorder
 
-    device, info = trial_device(gpu, allow_cpu_fallback)
+    device, info = trial_device(gpu, allow_cpu_fallback, in_driver=in_driver)
     pipelines = load_trial_checkpoint(checkpoint_dir, device=device)
     out = evaluate_pipelines(pipelines, evaluate_overrides)
     out["device"] = info["device_name"]
@@ -100,7 +102,7 @@ def _in_this_process(cpus: float, **kwargs: Any) -> dict[str, Any]:
     from tune.trial.device import torch_threads
 
     with torch_threads(cpus):
-        return evaluate_trial_checkpoint(**kwargs)
+        return evaluate_trial_checkpoint(**kwargs, in_driver=True)
 
 
 def _in_ray_task(cpus: float, gpus: float, **kwargs: Any) -> dict[str, Any]:
