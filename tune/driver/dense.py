@@ -1,7 +1,7 @@
 """The dense model every trial of a study prunes: given (``dense.checkpoint``), or pretrained
-once per study: by a Ray task with a trial's resources on a cluster, in the driver with all of
-its CPUs on a local runtime (the search has not started, so they are idle; no worker to start:
-``benchmarks/service_overhead.py --peer``, 9.0 s -> 3 s on the quickstart).
+once per study: by a Ray task with a trial's resources, or, for a CPU study on a local runtime,
+in the driver with all of its CPUs (the search has not started, so they are idle; no worker to
+start: ``benchmarks/service_overhead.py --peer``, 9.3 -> 5.3 s on the quickstart).
 
 A pretrained model is cached as ``<storage_root>/dense/<hash>.pt`` (+ ``.json`` with the
 per-epoch records) under the hash of what determines it: data + model + threat + pretrain +

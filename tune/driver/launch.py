@@ -221,8 +221,11 @@ def _search(launch: _Launch, tracker: Any) -> StudyOutcome:
     study, times = launch.study, launch.times
     restore = launch.options.resume and tune.Tuner.can_restore(str(study.experiment_dir))
     _record_start(launch, tracker, restore)
+    # Not on a GPU: the driver would keep its CUDA context (and cached memory) through the
+    # search, from the GPU the trials share.
+    pretrain_cpus = _driver_cpus(launch) if study.settings.resources.gpu == 0 else None
     with times.step("dense_model"):
-        dense = prepare_dense(study, tracker, launch.out, driver_cpus=_driver_cpus(launch))
+        dense = prepare_dense(study, tracker, launch.out, driver_cpus=pretrain_cpus)
     if restore:
         print(
             f"resuming study {study.name} from {study.experiment_dir}", file=launch.out, flush=True
@@ -282,7 +285,7 @@ def _conclude(
 
 def _driver_cpus(launch: _Launch) -> float | None:
     """With a local runtime, what the driver waits on alone (the dense model's pretraining
-    before the search, the test evaluation after it) runs in the driver with all of the
+    before a CPU search, the test evaluation after any) runs in the driver with all of the
     runtime's CPUs; ``None`` on a cluster (a Ray task with a trial's resources does it)."""
     from tune.driver.ray_runtime import is_local
 
