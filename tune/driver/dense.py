@@ -99,10 +99,9 @@ def _pretrain_once(
         "allow_cpu_fallback": study.settings.allow_cpu_fallback,
     }
     if driver_cpus is not None:
-        from tune.trial.device import torch_threads
+        from tune.trial.device import run_in_driver
 
-        with torch_threads(driver_cpus):
-            records = pretrain_dense(*args, **kwargs, in_driver=True)
+        records = run_in_driver(driver_cpus, pretrain_dense, *args, **kwargs)
     else:
         import ray
 

@@ -285,14 +285,9 @@ def _conclude(
 
 def _driver_cpus(launch: _Launch) -> float | None:
     """With a local runtime, what the driver waits on alone (the dense model's pretraining
-    before a CPU search, the test evaluation after any) runs in the driver with all of the
-    runtime's CPUs; ``None`` on a cluster (a Ray task with a trial's resources does it)."""
-    from tune.driver.ray_runtime import is_local
-
-    runtime = launch.runtime
-    if runtime is None or not is_local(launch.options.address):
-        return None
-    return runtime.cpus or launch.study.settings.resources.cpu
+    before a CPU search, the test evaluation after any) runs in the driver
+    (:attr:`~tune.driver.ray_runtime.RayRuntime.driver_cpus`)."""
+    return launch.runtime.driver_cpus if launch.runtime is not None else None
 
 
 def _test_numbers(launch: _Launch, tracker: Any, best: TrialRow | None) -> dict[str, Any] | None:

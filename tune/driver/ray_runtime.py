@@ -94,13 +94,21 @@ class RayRuntime:
     CPUs to it (``benchmarks/service_overhead.py``: shutdown 1.4 s on the quickstart).
     """
 
-    def __init__(self, started: bool) -> None:
+    def __init__(self, started: bool, local: bool) -> None:
         import ray
 
         self.started = started
+        #: A local runtime (no ``--address``): its driver does the work it waits on alone.
+        self.local = local
         #: The runtime's CPUs (``--num-cpus``, else the machine's), read while it is up.
         self.cpus = float(ray.cluster_resources().get("CPU", 0.0)) if ray.is_initialized() else 0.0
         self._shutdown: threading.Thread | None = None
+
+    @property
+    def driver_cpus(self) -> float | None:
+        """The torch threads of the driver's own work: a local runtime's CPUs (the trials'
+        are idle then); ``None`` on a cluster (a Ray task with a trial's resources does it)."""
+        return self.cpus if self.local else None
 
     def release(self) -> None:
         """Start shutting down a runtime this launch started (no-op otherwise, or again)."""
@@ -132,7 +140,7 @@ def ray_runtime(options: LaunchOptions, times: StepTimes | None = None) -> Itera
     block's end, after an early :meth:`RayRuntime.release`)."""
     times = times if times is not None else StepTimes()
     with times.step("ray_start"):
-        runtime = RayRuntime(_init_ray(options))
+        runtime = RayRuntime(_init_ray(options), is_local(options.address))
     try:
         yield runtime
     finally:

@@ -3,16 +3,17 @@ use them (a trial silently training on the CPU would distort every timing of the
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 
 __all__ = ["TrialDeviceError", "trial_device"]
 
+_R = TypeVar("_R")
 _log = logging.getLogger(__name__)
 
 
@@ -68,13 +69,14 @@ def trial_device(
     return device, info
 
 
-@contextlib.contextmanager
-def torch_threads(cpus: float) -> Iterator[None]:
-    """torch's intra-op threads set to ``cpus`` (at least one) for the block, then restored: a
-    local runtime's driver works with the CPUs its idle runtime holds (Ray sets a worker's own)."""
+def run_in_driver(cpus: float, work: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
+    """``work(*args, **kwargs, in_driver=True)`` in this process with ``cpus`` torch threads
+    (then restored): what a local runtime's driver does itself (the dense model, the test
+    evaluation), with the CPUs its idle runtime holds (Ray sets a worker's own), asking Ray
+    nothing (:func:`trial_device`)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(cpus)))
     try:
-        yield
+        return work(*args, **kwargs, in_driver=True)
     finally:
         torch.set_num_threads(threads)

@@ -97,14 +97,6 @@ def evaluate_trial_checkpoint(
     return out
 
 
-def _in_this_process(cpus: float, **kwargs: Any) -> dict[str, Any]:
-    """:func:`evaluate_trial_checkpoint` here, with ``cpus`` torch threads."""
-    from tune.trial.device import torch_threads
-
-    with torch_threads(cpus):
-        return evaluate_trial_checkpoint(**kwargs, in_driver=True)
-
-
 def _in_ray_task(cpus: float, gpus: float, **kwargs: Any) -> dict[str, Any]:
     import ray
 
@@ -156,5 +148,7 @@ def evaluate_best_trial(
         "params": dict(read_trial_info(checkpoint).get("params") or {}),
     }
     if driver_cpus is not None:
-        return _in_this_process(driver_cpus, **kwargs)
+        from tune.trial.device import run_in_driver
+
+        return run_in_driver(driver_cpus, evaluate_trial_checkpoint, **kwargs)
     return _in_ray_task(res.cpu, res.gpu, **kwargs)
